@@ -1,0 +1,90 @@
+"""The `gateway` command: `gateway run [--config PATH]` and `gateway check PATH`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.log import configure_logging
+
+DEFAULT_CONFIG_PATH = "/config/agents.yaml"
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Telephony gateway for speech-to-speech AI.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start the server")
+    run.add_argument(
+        "--config",
+        help=f"agents YAML (default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    run.add_argument(
+        "--log-format", choices=["json", "console"], help="default: console on a TTY, JSON otherwise"
+    )
+    check = commands.add_parser("check", help="validate a config file and print every problem")
+    check.add_argument("path")
+    return parser
+
+
+def _report(path: str, error: ConfigError) -> None:
+    print(f"{path}: {len(error.problems)} problem(s)", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _summary(config: GatewayConfig) -> str:
+    agents = ", ".join(f"{name} ({agent.engine})" for name, agent in config.agents.items())
+    return f"agents: {agents}; routes: {len(config.routes)}; default_agent: {config.default_agent or '-'}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        try:
+            config = load_config(args.path)
+        except ConfigError as error:
+            _report(args.path, error)
+            return EXIT_CONFIG_ERROR
+        print(f"{args.path}: OK ({_summary(config)})")
+        return 0
+
+    path = args.config or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH
+    configure_logging(args.log_format)
+    log = structlog.get_logger("gateway")
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        _report(path, error)
+        return EXIT_CONFIG_ERROR
+    from gateway.app import create_app  # noqa: PLC0415 - keeps `gateway check` free of server imports
+
+    log.info(
+        "gateway.starting",
+        config=path,
+        host=config.server.host,
+        port=config.server.port,
+        public_url=config.server.public_url,
+        agents=sorted(config.agents),
+    )
+    web.run_app(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=config.server.drain_timeout_s,
+    )
+    log.info("gateway.stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""create_app(config) -> web.Application: routes, long-lived resources, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway import keys
+from gateway.calls import CallRegistry
+from gateway.carriers import twilio_routes
+from gateway.carriers.twilio import TwilioCarrier
+from gateway.config import GatewayConfig
+from gateway.engines.factory import Engines
+from gateway.metrics import GatewayMetrics
+
+log = structlog.get_logger("gateway.app")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Config loaded and accepting calls; 503 while shutting down so load balancers stop sending calls."""
+    state = request.app[keys.STATE]
+    if not state.accepting:
+        return web.json_response({"status": "draining"}, status=503)
+    calls = request.app[keys.CALLS]
+    return web.json_response({"status": "ready", "calls_active": len(calls)})
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    # The default connector caps a session at 100 connections: model sockets of calls beyond the
+    # 100th would silently queue while caller audio piles up.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        app[keys.HTTP] = http
+        config = app[keys.CONFIG]
+        if config.carriers.twilio is not None:
+            app[keys.TWILIO] = TwilioCarrier(config.carriers.twilio, http)
+        app[keys.ENGINES] = Engines(config.providers, http)
+        yield
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[keys.STATE].accepting = False
+    await app[keys.CALLS].cancel_all()
+
+
+def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None) -> web.Application:
+    app = web.Application()
+    app[keys.CONFIG] = config
+    app[keys.STATE] = keys.GatewayState()
+    app[keys.METRICS] = GatewayMetrics(registry if registry is not None else REGISTRY)
+    app[keys.CALLS] = CallRegistry(config.server.max_concurrent_calls)
+    app.cleanup_ctx.append(_http_session)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(app[keys.METRICS].registry))
+    if config.carriers.twilio is not None:
+        twilio_routes.add_routes(app)
+        if not config.carriers.twilio.verify_signatures:
+            log.warning("twilio.signatures_disabled", hint="anyone who can reach the gateway can start calls")
+    return app

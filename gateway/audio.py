@@ -1,0 +1,197 @@
+"""Audio transcoding between the telephone leg (G.711, 8 kHz) and the model leg (PCM16 LE, 24 kHz).
+
+Every converter here is stateful: the resampler carries filter history and a fractional read
+position from one chunk to the next, which is what keeps frame edges click-free and the sample
+count exact over a long call. Consequently a converter belongs to ONE call and ONE direction:
+create a ``CallerToModel`` and a ``ModelToCaller`` per call and never share either between calls
+or directions (interleaving two streams through one filter would splice them together). None of
+the objects are thread-safe; each is meant to be driven from the call's own task.
+
+Latency note: libsamplerate's output is time-aligned with its input (no constant offset is
+inserted), but it holds back the filter's look-ahead until more input arrives -- about 6 ms
+with "high" (sinc_medium) and 2.5 ms with "fast" (sinc_fastest). ``flush`` releases it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import samplerate
+
+# Stdlib audioop warns on import on 3.11/3.12; with pytest's filterwarnings=error (and for clean
+# logs in production) that must not escape. On 3.13+ the name is provided by audioop-lts, silently.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*audioop.*", category=DeprecationWarning)
+    import audioop
+
+__all__ = [
+    "CallerToModel",
+    "ModelToCaller",
+    "ResampleQuality",
+    "Resampler",
+    "alaw_to_pcm16",
+    "b64_decoded_len",
+    "pcm16_to_alaw",
+    "pcm16_to_ulaw",
+    "ulaw_to_pcm16",
+]
+
+TELEPHONY_RATE_HZ: Final = 8000
+MODEL_RATE_HZ: Final = 24000
+_SAMPLE_WIDTH: Final = 2  # PCM16
+
+ResampleQuality = Literal["high", "fast"]
+
+# sinc_medium keeps the whole telephone band (flat to ~3.6 kHz at 8 kHz) for a modest CPU cost;
+# sinc_fastest is ~3x cheaper but its narrower passband audibly dulls 3-3.4 kHz.
+_CONVERTER: Final[dict[str, str]] = {"high": "sinc_medium", "fast": "sinc_fastest"}
+
+_INT16_SCALE: Final = 32768.0
+_INT16 = np.dtype("<i2")  # wire formats are little-endian regardless of host order
+
+
+def ulaw_to_pcm16(data: bytes) -> bytes:
+    """Decode G.711 µ-law to PCM16 little-endian, one sample per byte."""
+    return audioop.ulaw2lin(data, _SAMPLE_WIDTH)
+
+
+def pcm16_to_ulaw(data: bytes) -> bytes:
+    """Encode PCM16 little-endian to G.711 µ-law (saturating, never wrapping)."""
+    return audioop.lin2ulaw(data, _SAMPLE_WIDTH)
+
+
+def alaw_to_pcm16(data: bytes) -> bytes:
+    """Decode G.711 A-law to PCM16 little-endian, one sample per byte."""
+    return audioop.alaw2lin(data, _SAMPLE_WIDTH)
+
+
+def pcm16_to_alaw(data: bytes) -> bytes:
+    """Encode PCM16 little-endian to G.711 A-law (saturating, never wrapping)."""
+    return audioop.lin2alaw(data, _SAMPLE_WIDTH)
+
+
+def b64_decoded_len(b64: str) -> int:
+    """Number of bytes ``b64`` decodes to, computed without decoding.
+
+    Meant for counting passthrough audio on the hot path; assumes canonical base64 without
+    embedded whitespace, which is what both Twilio and OpenAI send.
+    """
+    n = len(b64)
+    if n == 0:
+        return 0
+    padding = 2 if b64.endswith("==") else 1 if b64.endswith("=") else 0
+    return n * 3 // 4 - padding
+
+
+class Resampler:
+    """Stateful PCM16-LE mono sample-rate converter for one continuous stream.
+
+    Wraps a single libsamplerate state for its whole life: re-creating it per chunk restarts the
+    filter from silence at every chunk edge, which is heard as a click every frame.
+    """
+
+    def __init__(self, rate_in_hz: int, rate_out_hz: int, quality: ResampleQuality = "high") -> None:
+        if rate_in_hz <= 0 or rate_out_hz <= 0:
+            raise ValueError(f"sample rates must be positive, got {rate_in_hz} -> {rate_out_hz}")
+        if quality not in _CONVERTER:
+            raise ValueError(f"unknown resample quality {quality!r}")
+        self._rate_in = rate_in_hz
+        self._rate_out = rate_out_hz
+        self._ratio = rate_out_hz / rate_in_hz
+        self._state = samplerate.Resampler(_CONVERTER[quality], channels=1)
+        # A chunk may split a sample in half (odd byte count); the spare byte waits for the next one.
+        self._pending = b""
+        # Counted since the last flush so flush can top the output up to the exact length.
+        self._in_samples = 0
+        self._out_samples = 0
+
+    @property
+    def rate_in_hz(self) -> int:
+        return self._rate_in
+
+    @property
+    def rate_out_hz(self) -> int:
+        return self._rate_out
+
+    def process(self, pcm16: bytes) -> bytes:
+        """Convert one chunk, keeping filter state for the next; output lags by the look-ahead."""
+        if self._pending:
+            pcm16 = self._pending + pcm16
+        usable = len(pcm16) & ~1
+        self._pending = pcm16[usable:]
+        if usable == 0:
+            return b""
+        samples = np.frombuffer(pcm16, dtype=_INT16, count=usable // 2)
+        self._in_samples += samples.size
+        out = self._state.process(samples.astype(np.float32) / _INT16_SCALE, self._ratio)
+        self._out_samples += len(out)
+        return _to_pcm16(out)
+
+    def flush(self) -> bytes:
+        """Emit the samples held back by the filter look-ahead, then reset for a fresh stream.
+
+        Brings the total output since the previous flush to round(input * ratio) samples. A dangling
+        half sample, if any, is dropped: it cannot be converted without its other byte.
+        """
+        wanted = (self._in_samples * self._rate_out + self._rate_in // 2) // self._rate_in
+        missing = wanted - self._out_samples
+        tail = b""
+        if missing > 0:
+            # The binding sizes its output buffer as ceil(len(input) * ratio), so end_of_input on
+            # an empty array yields nothing. Feeding silence gives the filter room to drain; the
+            # real tail comes first and anything after it is ring-out into that silence.
+            pad = np.zeros(int(missing / self._ratio) + 2, dtype=np.float32)
+            out = self._state.process(pad, self._ratio, end_of_input=True)
+            tail = _to_pcm16(out[:missing])
+        self.reset()
+        return tail
+
+    def reset(self) -> None:
+        """Drop all history (filter memory, held-back samples, spare byte) without emitting it."""
+        self._state.reset()
+        self._pending = b""
+        self._in_samples = 0
+        self._out_samples = 0
+
+
+def _to_pcm16(samples: npt.NDArray[np.float32]) -> bytes:
+    # Rounding (not truncation) keeps the conversion unbiased; clipping is needed because a
+    # band-limited reconstruction of a near-full-scale signal overshoots, and a bare astype would
+    # wrap those peaks to the opposite sign -- a loud crack rather than mild clipping.
+    scaled = np.rint(samples * _INT16_SCALE)
+    return np.clip(scaled, -32768, 32767).astype(_INT16).tobytes()
+
+
+class CallerToModel:
+    """Caller audio: G.711 µ-law at 8 kHz to PCM16 LE at 24 kHz, for one call."""
+
+    def __init__(self, quality: ResampleQuality = "high") -> None:
+        self._resampler = Resampler(TELEPHONY_RATE_HZ, MODEL_RATE_HZ, quality)
+
+    def convert(self, ulaw: bytes) -> bytes:
+        """Convert one µ-law frame of any size; the first call returns ~6 ms less (look-ahead)."""
+        return self._resampler.process(ulaw_to_pcm16(ulaw))
+
+
+class ModelToCaller:
+    """Model audio: PCM16 LE at 24 kHz to G.711 µ-law at 8 kHz, for one call."""
+
+    def __init__(self, quality: ResampleQuality = "high") -> None:
+        self._resampler = Resampler(MODEL_RATE_HZ, TELEPHONY_RATE_HZ, quality)
+
+    def convert(self, pcm24: bytes) -> bytes:
+        """Convert one PCM16 chunk of any size, including odd byte counts."""
+        pcm8 = self._resampler.process(pcm24)
+        return pcm16_to_ulaw(pcm8) if pcm8 else b""
+
+    def flush(self) -> bytes:
+        """µ-law of the held-back tail; call at the end of every model response.
+
+        Without it the last few ms of each response would be stuck in the filter until the next
+        response pushed them out, glued to its start.
+        """
+        pcm8 = self._resampler.flush()
+        return pcm16_to_ulaw(pcm8) if pcm8 else b""

@@ -1,0 +1,266 @@
+"""CallBridge: one call's whole lifetime, from the carrier's `start` frame to teardown.
+
+The task that runs `CallBridge.run` owns the call. It opens the model session, then runs exactly two
+child tasks, uplink (caller → model) and downlink (model → caller), waits for the first to finish (or
+for `max_call_duration_s`), and tears everything down in `finally`: both tasks cancelled and awaited,
+both sockets closed, the registry entry removed, one `call.ended` line logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Literal
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from gateway.audio import CallerToModel, ModelToCaller, b64_decoded_len
+from gateway.calls import CallRegistry
+from gateway.carriers.base import Carrier, MarkEcho, Media, StreamStart, StreamStop
+from gateway.config import AgentConfig
+from gateway.engines.base import (
+    AudioDelta,
+    AudioDone,
+    EngineFactory,
+    EngineFailure,
+    EngineSession,
+    ResponseDone,
+    SpeechStarted,
+)
+from gateway.errors import EngineError, ProtocolError
+from gateway.metrics import GatewayMetrics
+from gateway.playback import PlaybackTracker
+
+log = structlog.get_logger("gateway.bridge")
+
+EndReason = Literal[
+    "caller_hangup",
+    "engine_closed",
+    "engine_error",
+    "engine_connect_failed",
+    "max_duration",
+    "shutdown",
+    "error",
+]
+MODEL_BYTES_PER_MS = {"pcm24k": 48, "ulaw": 8}
+
+
+class CallBridge:
+    def __init__(
+        self,
+        *,
+        carrier: Carrier,
+        ws: web.WebSocketResponse,
+        start: StreamStart,
+        agent_name: str,
+        agent: AgentConfig,
+        engines: EngineFactory,
+        registry: CallRegistry,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.call_id = start.call_id
+        self._carrier = carrier
+        self._ws = ws
+        self._codec = carrier.codec(start)
+        self._agent_name = agent_name
+        self._agent = agent
+        self._engines = engines
+        self._registry = registry
+        self._metrics = metrics
+        self._session: EngineSession | None = None
+        self._transcode = agent.audio == "pcm24k"
+        # One converter per direction per call, stateful for the call's whole life (STYLE rule 4).
+        self._up = CallerToModel(agent.resample_quality) if self._transcode else None
+        self._down = ModelToCaller(agent.resample_quality) if self._transcode else None
+        self._down_dirty = False
+        self._playback = PlaybackTracker(model_bytes_per_ms=48 if self._transcode else 8)
+        self._interrupted: set[str] = set()
+        self.bytes_from_caller = 0
+        self.bytes_to_caller = 0
+
+    async def run(self) -> EndReason:
+        labels = {"carrier": self._carrier.name, "engine": self._agent.engine}
+        with structlog.contextvars.bound_contextvars(
+            call_id=self.call_id, agent=self._agent_name, engine=self._agent.engine
+        ):
+            task = asyncio.current_task()
+            assert task is not None
+            if not self._registry.add(self.call_id, task):
+                log.warning("call.rejected", reason="busy" if self._registry.full else "duplicate")
+                self._metrics.calls_total.labels(
+                    **labels, agent=self._agent_name, outcome="rejected_busy"
+                ).inc()
+                await self._ws.close(code=1013, message=b"busy")
+                return "error"
+            started = time.monotonic()
+            self._metrics.calls_active.labels(**labels).inc()
+            log.info("call.started", carrier=self._carrier.name, audio=self._agent.audio)
+            reason: EndReason = "error"
+            try:
+                reason = await self._bridge()
+            except asyncio.CancelledError:
+                reason = "shutdown"
+                raise
+            finally:
+                await self._teardown(reason)
+                duration_s = time.monotonic() - started
+                self._registry.remove(self.call_id)
+                self._metrics.calls_active.labels(**labels).dec()
+                self._metrics.calls_total.labels(**labels, agent=self._agent_name, outcome=reason).inc()
+                self._metrics.call_duration_seconds.labels(**labels, agent=self._agent_name).observe(
+                    duration_s
+                )
+                log.info(
+                    "call.ended",
+                    reason=reason,
+                    duration_s=round(duration_s, 3),
+                    bytes_from_caller=self.bytes_from_caller,
+                    bytes_to_caller=self.bytes_to_caller,
+                )
+            return reason
+
+    async def _bridge(self) -> EndReason:
+        try:
+            self._session = await self._engines.open(self._agent, self.call_id)
+        except EngineError as exc:
+            log.error("engine.connect_failed", error=str(exc), retryable=exc.retryable)
+            return "engine_connect_failed"
+        await self._session.start()
+        tasks = {
+            asyncio.create_task(self._uplink(self._session), name=f"call:{self.call_id}:uplink"),
+            asyncio.create_task(self._downlink(self._session), name=f"call:{self.call_id}:downlink"),
+        }
+        try:
+            done, _ = await asyncio.wait(
+                tasks, timeout=self._agent.max_call_duration_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                log.info("call.max_duration", max_call_duration_s=self._agent.max_call_duration_s)
+                return "max_duration"
+            try:
+                return next(iter(done)).result()
+            except EngineError as exc:
+                log.error("engine.failed", error=str(exc), code=exc.code)
+                return "engine_error"
+            except ConnectionResetError:
+                # The carrier socket went away while audio was being written to it.
+                return "caller_hangup"
+            except Exception:
+                log.exception("call.failed")
+                return "error"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _teardown(self, reason: EndReason) -> None:
+        if self._session is not None:
+            await self._session.aclose()
+        if reason != "caller_hangup":
+            # The caller is still on the line: end the call at the carrier, not just our stream.
+            await self._carrier.hangup(self.call_id)
+        await self._ws.close()
+
+    # -- caller → model ---------------------------------------------------------------------------
+
+    async def _uplink(self, session: EngineSession) -> EndReason:
+        async for message in self._ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                event = self._carrier.decode(message.data)
+            except ProtocolError as exc:
+                log.warning("carrier.bad_frame", error=str(exc))
+                continue
+            if isinstance(event, Media):
+                await self._caller_audio(session, event.payload_b64)
+            elif isinstance(event, MarkEcho):
+                self._playback.marked(event.name)
+            elif isinstance(event, StreamStop):
+                log.info("carrier.stop")
+                return "caller_hangup"
+        log.info("carrier.closed")
+        return "caller_hangup"
+
+    async def _caller_audio(self, session: EngineSession, payload_b64: str) -> None:
+        if self._up is None:
+            self.bytes_from_caller += b64_decoded_len(payload_b64)
+            await session.send_audio(payload_b64)
+            return
+        try:
+            ulaw = base64.b64decode(payload_b64, validate=True)
+        except ValueError:
+            log.warning("carrier.bad_frame", error="media payload is not base64")
+            return
+        self.bytes_from_caller += len(ulaw)
+        pcm = self._up.convert(ulaw)
+        if pcm:
+            await session.send_audio(base64.b64encode(pcm).decode("ascii"))
+
+    # -- model → caller ---------------------------------------------------------------------------
+
+    async def _downlink(self, session: EngineSession) -> EndReason:
+        async for event in session.events():
+            if isinstance(event, AudioDelta):
+                await self._model_audio(event)
+            elif isinstance(event, SpeechStarted):
+                await self._barge_in(session)
+            elif isinstance(event, AudioDone):
+                await self._flush(event.item_id)
+                self._playback.finished(event.item_id)
+            elif isinstance(event, ResponseDone):
+                await self._flush(self._playback.current_item)
+                log.info("engine.response_done", status=event.status)
+            elif isinstance(event, EngineFailure):
+                if event.fatal:
+                    raise EngineError(event.message, code=event.code)
+                # Non-fatal errors (a rejected truncate, a cancel with nothing in flight) are survived.
+                log.warning("engine.error", code=event.code, message=event.message)
+        return "engine_closed"
+
+    async def _model_audio(self, event: AudioDelta) -> None:
+        if event.item_id in self._interrupted:
+            return  # audio of a response the caller interrupted, still in flight from the model
+        if self._down is None:
+            nbytes = b64_decoded_len(event.audio_b64)
+            self._playback.received(event.item_id, nbytes)
+            await self._send_audio(event.item_id, event.audio_b64, nbytes)
+            return
+        pcm = base64.b64decode(event.audio_b64)
+        self._playback.received(event.item_id, len(pcm))
+        ulaw = self._down.convert(pcm)
+        self._down_dirty = True
+        if ulaw:
+            await self._send_audio(event.item_id, base64.b64encode(ulaw).decode("ascii"), len(ulaw))
+
+    async def _send_audio(self, item_id: str, payload_b64: str, nbytes: int) -> None:
+        await self._ws.send_str(self._codec.media(payload_b64))
+        await self._ws.send_str(self._codec.mark(self._playback.sent(item_id, nbytes)))
+        self.bytes_to_caller += nbytes
+
+    async def _flush(self, item_id: str | None) -> None:
+        """Emit what the outbound resampler holds back, so the end of a response is not cut off."""
+        if self._down is None or not self._down_dirty:
+            return
+        self._down_dirty = False
+        tail = self._down.flush()
+        if tail and item_id is not None and item_id not in self._interrupted:
+            await self._send_audio(item_id, base64.b64encode(tail).decode("ascii"), len(tail))
+
+    async def _barge_in(self, session: EngineSession) -> None:
+        await self._ws.send_str(self._codec.clear())
+        await session.cancel_response()
+        if self._down is not None and self._down_dirty:
+            self._down.flush()  # discard: the interrupted speech must not leak into the next response
+            self._down_dirty = False
+        cut = self._playback.interrupt()
+        if cut is None:
+            log.info("call.barge_in", truncated=False)
+            return
+        item_id, audio_end_ms = cut
+        self._interrupted.add(item_id)
+        # A truncate the server rejects comes back as a non-fatal error event; the call goes on.
+        await session.truncate(item_id, audio_end_ms)
+        log.info("call.barge_in", truncated=True, audio_end_ms=audio_end_ms)

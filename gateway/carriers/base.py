@@ -1,0 +1,78 @@
+"""What the bridge needs from a carrier: decoded media-socket events and frame encoders.
+
+Framing is pure and synchronous (encode/decode of one JSON text frame), so it is tested with recorded
+frames and costs nothing to call on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """The carrier's `start` frame: which call this socket carries."""
+
+    call_id: str
+    stream_id: str
+    encoding: str
+    sample_rate_hz: int
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    payload_b64: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEcho:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A well-formed frame the bridge has no use for."""
+
+    event: str
+
+
+CarrierEvent = StreamStart | Media | MarkEcho | Dtmf | StreamStop | Connected | Ignored
+
+
+class MediaCodec(Protocol):
+    """Encodes frames for one media stream (Twilio needs the stream id on every frame)."""
+
+    def media(self, payload_b64: str) -> str: ...
+
+    def mark(self, name: str) -> str: ...
+
+    def clear(self) -> str: ...
+
+
+class Carrier(Protocol):
+    name: str
+
+    def decode(self, text: str) -> CarrierEvent:
+        """Decode one text frame; raises ProtocolError naming what is wrong."""
+
+    def codec(self, start: StreamStart) -> MediaCodec: ...
+
+    async def hangup(self, call_id: str) -> None:
+        """End the call at the carrier; a call that already ended counts as success."""

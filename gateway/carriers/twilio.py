@@ -1,0 +1,203 @@
+"""Twilio: X-Twilio-Signature, TwiML, Media Streams framing (protocols.md §C) and REST hang-up."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from xml.sax.saxutils import escape, quoteattr
+
+import aiohttp
+import structlog
+
+from gateway.carriers.base import (
+    CarrierEvent,
+    Connected,
+    Dtmf,
+    Ignored,
+    MarkEcho,
+    Media,
+    StreamStart,
+    StreamStop,
+)
+from gateway.config import TwilioConfig
+from gateway.errors import ProtocolError
+
+log = structlog.get_logger("gateway.twilio")
+
+_DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+
+def compute_signature(auth_token: str, url: str, params: Mapping[str, Iterable[str]]) -> str:
+    """Twilio's HMAC-SHA1: the URL, then each param name + value in sorted order (§C.3)."""
+    parts = [url]
+    for name in sorted(params):
+        parts.extend(name + value for value in sorted(set(params[name])))
+    digest = hmac.new(auth_token.encode(), "".join(parts).encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _port_variants(url: str) -> list[str]:
+    """The URL as given, plus with the default port added or removed: Twilio signs either way."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    if parts.port is None and default is not None:
+        other = parts._replace(netloc=f"{host}:{default}")
+    elif parts.port is not None and parts.port == default:
+        other = parts._replace(netloc=host)
+    else:
+        return [url]
+    return [url, urlunsplit(other)]
+
+
+def signature_matches(
+    auth_token: str, urls: Iterable[str], params: Mapping[str, Iterable[str]], signature: str
+) -> bool:
+    """True when `signature` is Twilio's for any of `urls` (each with and without its default port)."""
+    if not signature:
+        return False
+    for url in urls:
+        for variant in _port_variants(url):
+            expected = compute_signature(auth_token, variant, params)
+            if hmac.compare_digest(expected.encode(), signature.encode()):
+                return True
+    return False
+
+
+def twiml_connect_stream(media_url: str, parameters: Mapping[str, str]) -> str:
+    """TwiML that bridges the call to our media socket; per-call data rides in <Parameter>s (§C.2)."""
+    params = "".join(
+        f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>" for name, value in parameters.items()
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Connect><Stream url={quoteattr(media_url)}>{params}</Stream></Connect></Response>"
+    )
+
+
+def twiml_reject(reason: str | None = None) -> str:
+    attr = f" reason={quoteattr(reason)}" if reason else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Reject{attr}/></Response>'
+
+
+def twiml_say(text: str) -> str:
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Say>{escape(text)}</Say></Response>'
+
+
+def _field(obj: Any, key: str, frame: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ProtocolError(f"twilio {frame} frame: missing {key}")
+    return obj[key]
+
+
+def decode_frame(text: str) -> CarrierEvent:
+    """Decode one Media Streams frame from Twilio (§C.4)."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ProtocolError("twilio frame: not JSON") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+        raise ProtocolError("twilio frame: no event field")
+    event = frame["event"]
+    if event == "media":
+        media = _field(frame, "media", event)
+        payload = _field(media, "payload", event)
+        if not isinstance(payload, str):
+            raise ProtocolError("twilio media frame: payload is not a string")
+        if media.get("track", "inbound") != "inbound":
+            return Ignored(event)
+        return Media(payload)
+    if event == "mark":
+        return MarkEcho(str(_field(_field(frame, "mark", event), "name", event)))
+    if event == "start":
+        start = _field(frame, "start", event)
+        fmt = start.get("mediaFormat") or {}
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError("twilio start frame: customParameters is not an object")
+        return StreamStart(
+            call_id=str(_field(start, "callSid", event)),
+            stream_id=str(frame.get("streamSid") or _field(start, "streamSid", event)),
+            encoding=str(fmt.get("encoding", "audio/x-mulaw")),
+            sample_rate_hz=int(fmt.get("sampleRate", 8000)),
+            params={str(k): str(v) for k, v in params.items()},
+        )
+    if event == "stop":
+        return StreamStop()
+    if event == "dtmf":
+        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+    if event == "connected":
+        return Connected()
+    return Ignored(event)
+
+
+class TwilioMediaCodec:
+    """Outbound frames for one stream; the streamSid is required on every one (§C.5)."""
+
+    __slots__ = ("_prefix", "stream_sid")
+
+    def __init__(self, stream_sid: str) -> None:
+        self.stream_sid = stream_sid
+        # The constant part of every media frame, serialised once per call rather than per frame.
+        self._prefix = '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
+
+    def media(self, payload_b64: str) -> str:
+        return self._prefix + payload_b64 + '"}}'
+
+    def mark(self, name: str) -> str:
+        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    def clear(self) -> str:
+        return json.dumps({"event": "clear", "streamSid": self.stream_sid})
+
+
+class TwilioCarrier:
+    name = "twilio"
+
+    def __init__(self, config: TwilioConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._http = http
+
+    @staticmethod
+    def decode(text: str) -> CarrierEvent:
+        return decode_frame(text)
+
+    @staticmethod
+    def codec(start: StreamStart) -> TwilioMediaCodec:
+        return TwilioMediaCodec(start.stream_id)
+
+    def verify(self, urls: Iterable[str], params: Mapping[str, Iterable[str]], signature: str) -> bool:
+        return signature_matches(self.config.auth_token.get_secret_value(), urls, params, signature)
+
+    def _call_url(self, call_sid: str) -> str:
+        base = self.config.api_base_url.rstrip("/")
+        return f"{base}/2010-04-01/Accounts/{self.config.account_sid}/Calls/{call_sid}.json"
+
+    async def update_call(self, call_sid: str, form: Mapping[str, str]) -> bool:
+        """POST a call update (§C.6). A call that is already gone (404 / 20404) counts as success."""
+        auth = aiohttp.BasicAuth(self.config.account_sid, self.config.auth_token.get_secret_value())
+        try:
+            async with self._http.post(
+                self._call_url(call_sid), data=dict(form), auth=auth, timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
+                if response.status < 300:
+                    return True
+                if response.status == 404:
+                    log.info("carrier.call_already_ended", carrier=self.name)
+                    return True
+                log.warning("carrier.update_failed", carrier=self.name, status=response.status)
+                return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("carrier.update_failed", carrier=self.name, error=type(exc).__name__)
+            return False
+
+    async def hangup(self, call_id: str) -> None:
+        if await self.update_call(call_id, {"Status": "completed"}):
+            log.info("carrier.hangup", carrier=self.name)

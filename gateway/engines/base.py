@@ -1,0 +1,99 @@
+"""What every model engine offers the bridge: a factory that opens one session per call.
+
+Engines translate their wire dialect into the small event set below at the edge, so the bridge speaks
+one language whatever the model (beta and GA OpenAI spellings become the same `AudioDelta`).
+Audio crosses this boundary base64-encoded in the session's negotiated format, so G.711 passthrough
+never decodes a payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.config import AgentConfig
+
+# What the model hears and speaks: PCM16 LE mono 24 kHz, or G.711 µ-law 8 kHz.
+ModelAudioFormat = Literal["pcm24k", "ulaw"]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio_b64: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    """The model finished the audio of one output item (time to flush the outbound resampler)."""
+
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The caller started talking (the barge-in trigger)."""
+
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    usage: dict[str, object] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFailure:
+    """An error the model reported. `fatal` ones end the call; the rest are logged and survived."""
+
+    code: str
+    message: str
+    fatal: bool
+
+
+EngineEvent = (
+    AudioDelta | AudioDone | SpeechStarted | SpeechStopped | ResponseStarted | ResponseDone | EngineFailure
+)
+
+
+class EngineSession(Protocol):
+    """One call's conversation with a model. `events()` ends when the model socket closes."""
+
+    audio_format: ModelAudioFormat
+
+    async def start(self) -> None:
+        """Configure the session (and speak the agent's first message, if any)."""
+
+    async def send_audio(self, audio_b64: str) -> None: ...
+
+    async def cancel_response(self) -> None:
+        """Stop the response in progress (barge-in)."""
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """Tell the model the caller heard only the first `audio_end_ms` of an assistant item."""
+
+    def events(self) -> AsyncIterator[EngineEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EngineFactory(Protocol):
+    async def open(self, agent: AgentConfig, call_id: str) -> EngineSession:
+        """Connect to the model for one call. Raises EngineError when the model cannot be reached."""

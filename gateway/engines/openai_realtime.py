@@ -1,0 +1,234 @@
+"""OpenAI Realtime over WebSocket, in both wire dialects (protocols.md §A beta, §B GA).
+
+A dialect object builds the client events in its shape; server events from either dialect are mapped
+to the bridge's event set at the edge, accepting both spellings of the audio events (§B.4: some GA
+sessions were reported to emit the beta names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from gateway.config import AgentConfig, OpenAIConfig, SemanticVad
+from gateway.engines.base import (
+    AudioDelta,
+    AudioDone,
+    EngineEvent,
+    EngineFailure,
+    ModelAudioFormat,
+    ResponseDone,
+    ResponseStarted,
+    SpeechStarted,
+    SpeechStopped,
+)
+from gateway.errors import EngineError
+
+log = structlog.get_logger("gateway.openai")
+
+# Errors after which the session cannot go on (the server closes the socket after most of them anyway).
+FATAL_ERROR_CODES = frozenset(
+    {"beta_api_shape_disabled", "invalid_api_key", "session_expired", "insufficient_quota", "model_not_found"}
+)
+CONNECT_TIMEOUT_S = 10.0
+
+
+def first_message_instructions(text: str) -> str:
+    return f"Greet the caller by saying exactly the following, word for word, and nothing else: {text}"
+
+
+def _turn_detection(agent: AgentConfig) -> dict[str, Any]:
+    td = agent.turn_detection
+    shape: dict[str, Any] = td.model_dump()
+    if isinstance(td, SemanticVad):
+        shape = {"type": td.type, "eagerness": td.eagerness}
+    # The gateway relies on the server to answer turns and to stop talking when interrupted.
+    shape.update(create_response=True, interrupt_response=True)
+    return shape
+
+
+class BetaDialect:
+    """`OpenAI-Beta: realtime=v1`: flat session fields, `response.audio.*` events (§A)."""
+
+    engine: ClassVar[str] = "openai_realtime"
+    headers: ClassVar[dict[str, str]] = {"OpenAI-Beta": "realtime=v1"}
+
+    @staticmethod
+    def session_update(agent: AgentConfig, fmt: ModelAudioFormat) -> dict[str, Any]:
+        wire_format = "pcm16" if fmt == "pcm24k" else "g711_ulaw"
+        session: dict[str, Any] = {
+            "modalities": ["audio", "text"],
+            "voice": agent.voice,
+            "input_audio_format": wire_format,
+            "output_audio_format": wire_format,
+            "turn_detection": _turn_detection(agent),
+        }
+        if agent.prompt:
+            session["instructions"] = agent.prompt
+        if agent.input_audio_transcription_model:
+            session["input_audio_transcription"] = {"model": agent.input_audio_transcription_model}
+        return {"type": "session.update", "session": session}
+
+
+class GADialect:
+    """The GA shape: `session.type`, nested `audio.input/output` with MIME formats (§B.2)."""
+
+    engine: ClassVar[str] = "openai_realtime_2"
+    headers: ClassVar[dict[str, str]] = {}
+
+    @staticmethod
+    def session_update(agent: AgentConfig, fmt: ModelAudioFormat) -> dict[str, Any]:
+        # pcmu carries no rate: the server rejects it as an unknown parameter (§F gotchas).
+        wire_format = {"type": "audio/pcm", "rate": 24000} if fmt == "pcm24k" else {"type": "audio/pcmu"}
+        audio_in: dict[str, Any] = {"format": wire_format, "turn_detection": _turn_detection(agent)}
+        if agent.input_audio_transcription_model:
+            audio_in["transcription"] = {"model": agent.input_audio_transcription_model}
+        session: dict[str, Any] = {
+            "type": "realtime",
+            "model": agent.resolved_model,
+            "output_modalities": ["audio"],
+            "audio": {"input": audio_in, "output": {"format": dict(wire_format), "voice": agent.voice}},
+        }
+        if agent.prompt:
+            session["instructions"] = agent.prompt
+        if agent.reasoning_effort is not None:
+            session["reasoning"] = {"effort": agent.reasoning_effort}
+        return {"type": "session.update", "session": session}
+
+
+Dialect = type[BetaDialect] | type[GADialect]
+DIALECTS: dict[str, Dialect] = {"openai_realtime": BetaDialect, "openai_realtime_2": GADialect}
+
+
+def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
+    """One server event in either dialect → the bridge's event, or None for events it does not use."""
+    kind = event.get("type")
+    if kind in ("response.output_audio.delta", "response.audio.delta"):
+        return AudioDelta(str(event.get("response_id", "")), str(event.get("item_id", "")), event["delta"])
+    if kind in ("response.output_audio.done", "response.audio.done"):
+        return AudioDone(str(event.get("response_id", "")), str(event.get("item_id", "")))
+    if kind == "input_audio_buffer.speech_started":
+        return SpeechStarted(str(event.get("item_id", "")), int(event.get("audio_start_ms", 0)))
+    if kind == "input_audio_buffer.speech_stopped":
+        return SpeechStopped(str(event.get("item_id", "")), int(event.get("audio_end_ms", 0)))
+    if kind == "response.created":
+        return ResponseStarted(str(event.get("response", {}).get("id", "")))
+    if kind == "response.done":
+        response = event.get("response") or {}
+        return ResponseDone(
+            str(response.get("id", "")), str(response.get("status", "")), response.get("usage")
+        )
+    if kind == "error":
+        error = event.get("error") or {}
+        code = str(error.get("code") or error.get("type") or "unknown")
+        return EngineFailure(code, str(error.get("message", "")), code in FATAL_ERROR_CODES)
+    return None
+
+
+class OpenAIRealtimeSession:
+    """One call's model socket. Not shared between calls."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, dialect: Dialect, agent: AgentConfig) -> None:
+        self._ws = ws
+        self._dialect = dialect
+        self._agent = agent
+        self.audio_format: ModelAudioFormat = "pcm24k" if agent.audio == "pcm24k" else "ulaw"
+        self._response_active = False
+        # Appends are the hot path: only the payload changes, so the rest is serialised once.
+        self._append_prefix = '{"type":"input_audio_buffer.append","audio":"'
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if not self._ws.closed:
+            await self._ws.send_str(json.dumps(event))
+
+    async def start(self) -> None:
+        await self._send(self._dialect.session_update(self._agent, self.audio_format))
+        if self._agent.first_message:
+            await self._send(
+                {
+                    "type": "response.create",
+                    "response": {"instructions": first_message_instructions(self._agent.first_message)},
+                }
+            )
+
+    async def send_audio(self, audio_b64: str) -> None:
+        # A closed socket is noticed by events(); audio for it is dropped, never queued.
+        if not self._ws.closed:
+            await self._ws.send_str(self._append_prefix + audio_b64 + '"}')
+
+    async def cancel_response(self) -> None:
+        # response.cancel with nothing in flight only earns an error event, so send it only when needed.
+        if self._response_active:
+            self._response_active = False
+            await self._send({"type": "response.cancel"})
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        await self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        async for message in self._ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                if message.type == aiohttp.WSMsgType.ERROR:
+                    log.warning("engine.socket_error", error=type(self._ws.exception()).__name__)
+                continue
+            try:
+                raw = json.loads(message.data)
+                event = map_server_event(raw) if isinstance(raw, dict) else None
+            except (ValueError, KeyError, TypeError):
+                log.warning("engine.bad_frame")
+                continue
+            if isinstance(event, ResponseStarted):
+                self._response_active = True
+            elif isinstance(event, ResponseDone):
+                self._response_active = False
+            if event is not None:
+                yield event
+        log.info("engine.closed", close_code=self._ws.close_code)
+
+    async def aclose(self) -> None:
+        await self._ws.close()
+
+
+class OpenAIRealtimeEngine:
+    """Opens one OpenAI Realtime session per call, in the dialect the agent's `engine` names."""
+
+    def __init__(self, config: OpenAIConfig, http: aiohttp.ClientSession) -> None:
+        self._config = config
+        self._http = http
+
+    async def open(self, agent: AgentConfig, call_id: str) -> OpenAIRealtimeSession:
+        dialect = DIALECTS[agent.engine]
+        url = URL(self._config.realtime_url).update_query(model=agent.resolved_model)
+        headers = {"Authorization": f"Bearer {self._config.api_key.get_secret_value()}", **dialect.headers}
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                ws = await self._http.ws_connect(
+                    url,
+                    headers=headers,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    max_msg_size=16 * 1024 * 1024,
+                    compress=0,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise EngineError(
+                f"model socket refused with HTTP {exc.status}",
+                code=str(exc.status),
+                retryable=exc.status >= 500,
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineError(f"model socket unreachable: {type(exc).__name__}", retryable=True) from None
+        log.info("engine.connected", model=agent.resolved_model, dialect=dialect.engine)
+        return OpenAIRealtimeSession(ws, dialect, agent)

@@ -1,0 +1,29 @@
+"""Every typed application key, in one place (aiohttp's recommended way to hold app state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.calls import CallRegistry
+from gateway.carriers.twilio import TwilioCarrier
+from gateway.config import GatewayConfig
+from gateway.engines.base import EngineFactory
+from gateway.metrics import GatewayMetrics
+
+CONFIG = web.AppKey("config", GatewayConfig)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+CALLS = web.AppKey("calls", CallRegistry)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+TWILIO = web.AppKey("twilio", TwilioCarrier)
+ENGINES = web.AppKey("engines", EngineFactory)
+
+
+@dataclass(slots=True)
+class GatewayState:
+    accepting: bool = True
+
+
+STATE = web.AppKey("state", GatewayState)
