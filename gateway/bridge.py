@@ -104,7 +104,7 @@ class CallBridge:
                 reason = "shutdown"
                 raise
             finally:
-                await self._teardown(reason)
+                await self._end_engine_side(reason)
                 duration_s = time.monotonic() - started
                 self._registry.remove(self.call_id)
                 self._metrics.calls_active.labels(**labels).dec()
@@ -119,6 +119,8 @@ class CallBridge:
                     bytes_from_caller=self.bytes_from_caller,
                     bytes_to_caller=self.bytes_to_caller,
                 )
+                # Last, so whoever sees the socket close also sees the call counted.
+                await self._ws.close()
             return reason
 
     async def _bridge(self) -> EndReason:
@@ -155,13 +157,12 @@ class CallBridge:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _teardown(self, reason: EndReason) -> None:
+    async def _end_engine_side(self, reason: EndReason) -> None:
         if self._session is not None:
             await self._session.aclose()
         if reason != "caller_hangup":
             # The caller is still on the line: end the call at the carrier, not just our stream.
             await self._carrier.hangup(self.call_id)
-        await self._ws.close()
 
     # -- caller → model ---------------------------------------------------------------------------
 

@@ -49,7 +49,8 @@ class ServerConfig(_Section):
             raise ValueError("must be an http:// or https:// URL with a host, e.g. https://gw.example.com")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
-        return value.rstrip("/")
+        # urlsplit lowercases the scheme; keep that spelling so HTTPS:// still gives a wss:// media URL.
+        return (parts.scheme + value[len(parts.scheme) :]).rstrip("/")
 
     @property
     def media_base_url(self) -> str:
@@ -170,6 +171,20 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _yaml_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """The error location as the operator's YAML path, without the tag pydantic inserts for a
+    discriminated union (`turn_detection.server_vad.threshold` is `turn_detection.threshold` in YAML).
+    """
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
 def _describe(error: Any) -> str:
     """A short operator-facing message for one pydantic error; never echoes the offending value."""
     kind, ctx = error["type"], error.get("ctx") or {}
@@ -195,6 +210,7 @@ def _describe(error: Any) -> str:
         "string_type": "must be a string",
         "dict_type": "must be a mapping",
         "model_type": "must be a mapping",
+        "model_attributes_type": "must be a mapping",
         "list_type": "must be a list",
     }
     if kind in simple:
@@ -259,7 +275,7 @@ def parse_config(raw: object, env: dict[str, str] | None = None) -> GatewayConfi
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            path = _yaml_path(error["loc"], data)
             if path not in reported:
                 problems.append(f"{path}: {_describe(error)}")
         raise ConfigError(problems) from None
@@ -275,6 +291,8 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayC
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -97,6 +97,28 @@ def _field(obj: Any, key: str, frame: str) -> Any:
     return obj[key]
 
 
+def _decode_start(frame: dict[str, Any]) -> StreamStart:
+    start = _field(frame, "start", "start")
+    call_id = str(_field(start, "callSid", "start"))  # also proves `start` is an object
+    fmt = start.get("mediaFormat") or {}
+    params = start.get("customParameters") or {}
+    if not isinstance(fmt, dict):
+        raise ProtocolError("twilio start frame: mediaFormat is not an object")
+    if not isinstance(params, dict):
+        raise ProtocolError("twilio start frame: customParameters is not an object")
+    try:
+        sample_rate_hz = int(fmt.get("sampleRate", 8000))
+    except (TypeError, ValueError):
+        raise ProtocolError("twilio start frame: sampleRate is not a number") from None
+    return StreamStart(
+        call_id=call_id,
+        stream_id=str(frame.get("streamSid") or _field(start, "streamSid", "start")),
+        encoding=str(fmt.get("encoding", "audio/x-mulaw")),
+        sample_rate_hz=sample_rate_hz,
+        params={str(k): str(v) for k, v in params.items()},
+    )
+
+
 def decode_frame(text: str) -> CarrierEvent:
     """Decode one Media Streams frame from Twilio (§C.4)."""
     try:
@@ -117,18 +139,7 @@ def decode_frame(text: str) -> CarrierEvent:
     if event == "mark":
         return MarkEcho(str(_field(_field(frame, "mark", event), "name", event)))
     if event == "start":
-        start = _field(frame, "start", event)
-        fmt = start.get("mediaFormat") or {}
-        params = start.get("customParameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError("twilio start frame: customParameters is not an object")
-        return StreamStart(
-            call_id=str(_field(start, "callSid", event)),
-            stream_id=str(frame.get("streamSid") or _field(start, "streamSid", event)),
-            encoding=str(fmt.get("encoding", "audio/x-mulaw")),
-            sample_rate_hz=int(fmt.get("sampleRate", 8000)),
-            params={str(k): str(v) for k, v in params.items()},
-        )
+        return _decode_start(frame)
     if event == "stop":
         return StreamStop()
     if event == "dtmf":
@@ -164,6 +175,8 @@ class TwilioCarrier:
     def __init__(self, config: TwilioConfig, http: aiohttp.ClientSession) -> None:
         self.config = config
         self._http = http
+        credentials = f"{config.account_sid}:{config.auth_token.get_secret_value()}"
+        self._basic_auth = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
 
     @staticmethod
     def decode(text: str) -> CarrierEvent:
@@ -182,10 +195,12 @@ class TwilioCarrier:
 
     async def update_call(self, call_sid: str, form: Mapping[str, str]) -> bool:
         """POST a call update (§C.6). A call that is already gone (404 / 20404) counts as success."""
-        auth = aiohttp.BasicAuth(self.config.account_sid, self.config.auth_token.get_secret_value())
         try:
             async with self._http.post(
-                self._call_url(call_sid), data=dict(form), auth=auth, timeout=aiohttp.ClientTimeout(total=10)
+                self._call_url(call_sid),
+                data=dict(form),
+                headers={"Authorization": self._basic_auth},
+                timeout=aiohttp.ClientTimeout(total=10),
             ) as response:
                 if response.status < 300:
                     return True

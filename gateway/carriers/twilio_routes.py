@@ -41,7 +41,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     form = await request.post() if request.method == "POST" else MultiDict[str]()
     params = _params(form)
     if twilio.config.verify_signatures:
-        url = config.server.public_url + request.path_qs
+        url = config.server.public_url + request.raw_path
         if not twilio.verify([url], params, request.headers.get("X-Twilio-Signature", "")):
             log.warning("webhook.rejected", carrier="twilio", reason="bad_signature")
             metrics.webhooks_total.labels("twilio", "voice", "bad_signature").inc()
@@ -69,7 +69,7 @@ def _upgrade_urls(request: web.Request, media_base_url: str) -> list[str]:
     # and the query-string variant too (protocols.md §C.3).
     urls = [media_base_url + request.path]
     if request.query_string:
-        urls.append(media_base_url + request.path_qs)
+        urls.append(media_base_url + request.raw_path)
     https = "https" + media_base_url[3:] if media_base_url.startswith("wss") else None
     if https:
         urls.append(https + request.path)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a real gateway on a loopback port, wired to fake Twilio and fake OpenAI servers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from tests.fakes.openai_realtime import FakeRealtimeServer
+from tests.fakes.openai_validation import Dialect
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioApi
+
+OPENAI_KEY = "sk-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_dict(port: int, model_url: str, twilio_api_url: str, **overrides: Any) -> dict[str, Any]:
+    """A complete config document for a gateway on `port`; `overrides` replace top-level sections."""
+    doc: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
+        "carriers": {
+            "twilio": {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "api_base_url": twilio_api_url}
+        },
+        "providers": {"openai": {"api_key": OPENAI_KEY, "realtime_url": model_url}},
+        "agents": {"receptionist": {"engine": "openai_realtime_2", "prompt": "You are a receptionist."}},
+        "routes": {"+15555550100": "receptionist"},
+        "default_agent": "receptionist",
+    }
+    doc.update(overrides)
+    return doc
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    app: web.Application
+    registry: CollectorRegistry
+    url: str
+    model: FakeRealtimeServer
+    twilio: FakeTwilio
+    twilio_api: FakeTwilioApi
+    http: aiohttp.ClientSession
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """`await start_gateway(dialect="ga", agents=..., **sections)` → a running Gateway with its fakes."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            dialect: Dialect = "ga", *, agent: dict[str, Any] | None = None, **overrides: Any
+        ) -> Gateway:
+            model = await stack.enter_async_context(FakeRealtimeServer(dialect, api_key=OPENAI_KEY))
+            twilio_api = await stack.enter_async_context(FakeTwilioApi())
+            port = free_port()
+            doc = config_dict(port, model.url, twilio_api.url, **overrides)
+            if agent is not None:
+                engine = "openai_realtime_2" if dialect == "ga" else "openai_realtime"
+                doc["agents"] = {"receptionist": {"engine": engine, **agent}}
+            config = parse_config(doc, env={})
+            registry = CollectorRegistry()
+            app = create_app(config, registry=registry)
+            server = TestServer(app, host="127.0.0.1", port=port)
+            await server.start_server()
+            stack.push_async_callback(server.close)
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            url = f"http://127.0.0.1:{port}"
+            gateway = Gateway(
+                config,
+                app,
+                registry,
+                url,
+                model,
+                FakeTwilio(http, url, config.server.public_url),
+                twilio_api,
+                http,
+            )
+            stack.push_async_callback(_close_calls, gateway)
+            return gateway
+
+        yield start
+
+
+async def _close_calls(gateway: Gateway) -> None:
+    for call in gateway.twilio.calls:
+        await call.aclose()
+    problems = gateway.model.problems + gateway.twilio_api.problems
+    problems += [p for call in gateway.twilio.calls for p in call.problems]
+    assert not problems, problems
