@@ -234,21 +234,32 @@ def _describe(error: Any) -> str:
     return str(error["msg"])
 
 
-def _cross_checks(config: GatewayConfig) -> list[str]:
+def _mapping(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _cross_checks(data: dict[str, Any]) -> list[str]:
+    """Checks that span sections. They read the plain data rather than a validated GatewayConfig so
+    they are reported together with schema problems: `gateway check` must show everything at once."""
     problems: list[str] = []
-    for number, agent in config.routes.items():
+    agents = data.get("agents")
+    for number, agent in _mapping(data.get("routes")).items():
         if not E164.match(number):
             problems.append(f'routes.{number}: must be an E.164 number such as "+15555550100" (quoted)')
-        if agent not in config.agents:
+        if isinstance(agents, dict) and isinstance(agent, str) and agent not in agents:
             problems.append(f"routes.{number}: no agent named {agent!r} under agents")
-    if config.default_agent is not None and config.default_agent not in config.agents:
-        problems.append(f"default_agent: no agent named {config.default_agent!r} under agents")
-    if config.carriers.twilio is None:
+    default_agent = data.get("default_agent")
+    if isinstance(agents, dict) and isinstance(default_agent, str) and default_agent not in agents:
+        problems.append(f"default_agent: no agent named {default_agent!r} under agents")
+    if _mapping(data.get("carriers")).get("twilio") is None:
         problems.append("carriers: at least one carrier must be configured (carriers.twilio)")
-    uses_openai = any(a.engine.startswith("openai_") for a in config.agents.values())
-    if uses_openai and config.providers.openai is None:
-        names = ", ".join(n for n, a in config.agents.items() if a.engine.startswith("openai_"))
-        problems.append(f"providers.openai: required by the OpenAI agents ({names})")
+    openai_agents = [
+        str(name)
+        for name, agent in _mapping(agents).items()
+        if str(_mapping(agent).get("engine", "")).startswith("openai_")
+    ]
+    if openai_agents and _mapping(data.get("providers")).get("openai") is None:
+        problems.append(f"providers.openai: required by the OpenAI agents ({', '.join(openai_agents)})")
     return problems
 
 
@@ -269,8 +280,9 @@ def parse_config(raw: object, env: dict[str, str] | None = None) -> GatewayConfi
                 )
         raw = {**raw, "routes": {str(k): v for k, v in raw["routes"].items()}}
     data = _interpolate(raw, "", dict(os.environ) if env is None else env, problems)
-    # A missing variable already explains its field; don't report the empty value a second time.
+    # A missing variable (or an unquoted number) already explains its field; don't report it twice.
     reported = {problem.split(": ", 1)[0] for problem in problems}
+    config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -278,9 +290,8 @@ def parse_config(raw: object, env: dict[str, str] | None = None) -> GatewayConfi
             path = _yaml_path(error["loc"], data)
             if path not in reported:
                 problems.append(f"{path}: {_describe(error)}")
-        raise ConfigError(problems) from None
-    problems += _cross_checks(config)
-    if problems:
+    problems += [p for p in _cross_checks(data) if p.split(": ", 1)[0] not in reported]
+    if problems or config is None:
         raise ConfigError(problems)
     return config
 
