@@ -450,3 +450,26 @@ class TestEndpoints:
             text = await response.text()
         for name in ("gateway_calls_total", "gateway_calls_active", "gateway_call_duration_seconds"):
             assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+class TestShutdown:
+    async def test_shutdown_hangs_up_live_calls_and_turns_unready(self, start_gateway: StartGateway) -> None:
+        """Stopping the server ends live calls through REST hang-up, counted with outcome `shutdown`."""
+        gw = await start_gateway()
+        call = await gw.twilio.call()
+        await gw.model.next_connection()
+        await gw.app.shutdown()
+        await gw.twilio_api.wait_hangup(call.call_sid)
+        await call.wait_closed()
+        async with gw.http.get(gw.url + "/readyz") as response:
+            assert response.status == 503
+        assert (
+            gw.metric(
+                "gateway_calls_total",
+                carrier="twilio",
+                agent="receptionist",
+                engine="openai_realtime_2",
+                outcome="shutdown",
+            )
+            == 1
+        )
