@@ -104,7 +104,7 @@ class TestUnknownKeys:
         assert problems_of(raw) == ["agents.sales.turn_detection.threshold: unknown key"]
 
     def test_unknown_carrier(self) -> None:
-        """A carrier the gateway does not know (and no twilio) reports both the key and the missing carrier."""
+        """An unknown carrier (and no twilio) reports both the unknown key and the missing carrier."""
         raw = minimal()
         raw["carriers"] = {"telnyx": {"api_key": "x"}}
         assert problems_of(raw) == [
@@ -148,7 +148,9 @@ class TestTurnDetection:
     def test_unknown_type(self) -> None:
         """An unknown turn_detection type lists both supported types."""
         raw = with_agent(turn_detection={"type": "push_to_talk"})
-        assert problems_of(raw) == ["agents.sales.turn_detection: type must be one of server_vad, semantic_vad"]
+        assert problems_of(raw) == [
+            "agents.sales.turn_detection: type must be one of server_vad, semantic_vad"
+        ]
 
     def test_missing_type(self) -> None:
         """turn_detection without a type says the type is required."""
@@ -199,17 +201,25 @@ class TestTurnDetection:
             }
         )
         turn = parse_config(raw, {}).agents["sales"].turn_detection
-        assert turn == ServerVad(type="server_vad", threshold=0.7, prefix_padding_ms=200, silence_duration_ms=800)
+        assert turn == ServerVad(
+            type="server_vad", threshold=0.7, prefix_padding_ms=200, silence_duration_ms=800
+        )
 
     def test_semantic_vad_default_eagerness(self) -> None:
         """semantic_vad without eagerness defaults to auto."""
-        turn = parse_config(with_agent(turn_detection={"type": "semantic_vad"}), {}).agents["sales"].turn_detection
+        turn = (
+            parse_config(with_agent(turn_detection={"type": "semantic_vad"}), {})
+            .agents["sales"]
+            .turn_detection
+        )
         assert turn == SemanticVad(type="semantic_vad", eagerness="auto")
 
     def test_default_is_server_vad(self) -> None:
         """Without turn_detection an agent uses server_vad 0.5 / 300 ms / 500 ms."""
         turn = parse_config(minimal(), {}).agents["sales"].turn_detection
-        assert turn == ServerVad(type="server_vad", threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+        assert turn == ServerVad(
+            type="server_vad", threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500
+        )
 
 
 class TestRequiredKeys:
@@ -378,7 +388,7 @@ class TestServerSection:
         """Unset server keys take the documented defaults."""
         server = parse_config(minimal(), {}).server
         assert (server.host, server.port, server.drain_timeout_s, server.max_concurrent_calls) == (
-            "0.0.0.0",
+            "0.0.0.0",  # noqa: S104 - the documented default, asserted not bound
             8080,
             30.0,
             200,
@@ -393,7 +403,11 @@ class TestMediaBaseUrl:
             ("https://gw.example.com/", "https://gw.example.com", "wss://gw.example.com"),
             ("http://127.0.0.1:8080", "http://127.0.0.1:8080", "ws://127.0.0.1:8080"),
             ("http://localhost:8080/", "http://localhost:8080", "ws://localhost:8080"),
-            ("https://gw.example.com:8443/voice/", "https://gw.example.com:8443/voice", "wss://gw.example.com:8443/voice"),
+            (
+                "https://gw.example.com:8443/voice/",
+                "https://gw.example.com:8443/voice",
+                "wss://gw.example.com:8443/voice",
+            ),
             ("HTTPS://gw.example.com", "https://gw.example.com", "wss://gw.example.com"),
         ],
     )
@@ -471,12 +485,16 @@ class TestRoutes:
             "or YAML reads them as integers and drops the +"
         ]
 
-    @pytest.mark.parametrize("number", ["15555550100", "+0155555501", "+1", "+1555555010012345", "+1 555 555 0100", "client:alice"])
+    @pytest.mark.parametrize(
+        "number", ["15555550100", "+0155555501", "+1", "+1555555010012345", "+1 555 555 0100", "client:alice"]
+    )
     def test_non_e164_keys(self, number: str) -> None:
         """Route keys must be E.164: +, a non-zero digit, 2..15 digits in all, nothing else."""
         raw = minimal()
         raw["routes"] = {number: "sales"}
-        assert problems_of(raw) == [f'routes.{number}: must be an E.164 number such as "+15555550100" (quoted)']
+        assert problems_of(raw) == [
+            f'routes.{number}: must be an E.164 number such as "+15555550100" (quoted)'
+        ]
 
     def test_route_value_must_be_a_string(self) -> None:
         """A route with no agent name is a type error at the route."""
@@ -533,7 +551,8 @@ class TestAgentDefaults:
         assert agent.max_call_duration_s == 1800
 
     @pytest.mark.parametrize(
-        ("engine", "model"), [("openai_realtime", "gpt-realtime-mini"), ("openai_realtime_2", "gpt-realtime-2")]
+        ("engine", "model"),
+        [("openai_realtime", "gpt-realtime-mini"), ("openai_realtime_2", "gpt-realtime-2")],
     )
     def test_default_model_per_engine(self, engine: str, model: str) -> None:
         """resolved_model picks the engine's default model when none is configured."""
@@ -616,9 +635,7 @@ class TestInterpolation:
         No schema field is a list today, so this pins the private walker directly.
         """
         problems: list[str] = []
-        result = _interpolate(
-            {"a": ["${X}", {"b": ["x${Y:-y}", 3]}], "c": None}, "", {"X": "1"}, problems
-        )
+        result = _interpolate({"a": ["${X}", {"b": ["x${Y:-y}", 3]}], "c": None}, "", {"X": "1"}, problems)
         assert result == {"a": ["1", {"b": ["xy", 3]}], "c": None}
         assert problems == []
 

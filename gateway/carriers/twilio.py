@@ -36,7 +36,9 @@ def compute_signature(auth_token: str, url: str, params: Mapping[str, Iterable[s
     """Twilio's HMAC-SHA1: the URL, then each param name + value in sorted order (§C.3)."""
     parts = [url]
     for name in sorted(params):
-        parts.extend(name + value for value in sorted(set(params[name])))
+        values = params[name]
+        # A bare string is one value, not an iterable of one-character values.
+        parts.extend(name + value for value in sorted({values} if isinstance(values, str) else set(values)))
     digest = hmac.new(auth_token.encode(), "".join(parts).encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
