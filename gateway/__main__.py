@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 import structlog
-from aiohttp import web
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         _report(path, error)
         return EXIT_CONFIG_ERROR
-    from gateway.app import create_app  # noqa: PLC0415 - keeps `gateway check` free of server imports
+    # Imported here so that `gateway check` needs none of the server's dependencies.
+    from gateway.app import create_app  # noqa: PLC0415
+    from gateway.server import serve  # noqa: PLC0415
 
     log.info(
         "gateway.starting",
@@ -74,14 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url=config.server.public_url,
         agents=sorted(config.agents),
     )
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=config.server.drain_timeout_s,
-    )
+    app = create_app(config)
+    asyncio.run(serve(app, config.server.host, config.server.port, config.server.drain_timeout_s))
     log.info("gateway.stopped")
     return 0
 

@@ -32,6 +32,9 @@ async def readyz(request: web.Request) -> web.Response:
     if not state.accepting:
         return web.json_response({"status": "draining"}, status=503)
     calls = request.app[keys.CALLS]
+    if calls.full:
+        # Full is not ready: a load balancer should send the next call to another replica.
+        return web.json_response({"status": "full", "calls_active": len(calls)}, status=503)
     return web.json_response({"status": "ready", "calls_active": len(calls)})
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import re
 import time
 from typing import Literal
 
@@ -37,14 +39,20 @@ log = structlog.get_logger("gateway.bridge")
 
 EndReason = Literal[
     "caller_hangup",
+    "carrier_timeout",
     "engine_closed",
     "engine_error",
     "engine_connect_failed",
     "max_duration",
     "shutdown",
     "error",
+    "rejected",
 ]
-MODEL_BYTES_PER_MS = {"pcm24k": 48, "ulaw": 8}
+# When both tasks finish together, the more telling reason wins: an engine failure explains the
+# caller hang-up that follows it, not the other way round.
+_PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, "carrier_timeout": 1}
+# Passthrough splices payloads into JSON frames unparsed, so they must be plain base64.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class CallBridge:
@@ -61,6 +69,7 @@ class CallBridge:
         metrics: GatewayMetrics,
     ) -> None:
         self.call_id = start.call_id
+        self.task: asyncio.Task[object] | None = None
         self._carrier = carrier
         self._ws = ws
         self._codec = carrier.codec(start)
@@ -70,30 +79,31 @@ class CallBridge:
         self._registry = registry
         self._metrics = metrics
         self._session: EngineSession | None = None
-        self._transcode = agent.audio == "pcm24k"
+        transcode = agent.audio == "pcm24k"
         # One converter per direction per call, stateful for the call's whole life (STYLE rule 4).
-        self._up = CallerToModel(agent.resample_quality) if self._transcode else None
-        self._down = ModelToCaller(agent.resample_quality) if self._transcode else None
+        self._up = CallerToModel(agent.resample_quality) if transcode else None
+        self._down = ModelToCaller(agent.resample_quality) if transcode else None
         self._down_dirty = False
-        self._playback = PlaybackTracker(model_bytes_per_ms=48 if self._transcode else 8)
+        self._playback = PlaybackTracker(model_bytes_per_ms=48 if transcode else 8)
         self._interrupted: set[str] = set()
         self.bytes_from_caller = 0
         self.bytes_to_caller = 0
+
+    # -- lifetime ---------------------------------------------------------------------------------
 
     async def run(self) -> EndReason:
         labels = {"carrier": self._carrier.name, "engine": self._agent.engine}
         with structlog.contextvars.bound_contextvars(
             call_id=self.call_id, agent=self._agent_name, engine=self._agent.engine
         ):
-            task = asyncio.current_task()
-            assert task is not None
-            if not self._registry.add(self.call_id, task):
-                log.warning("call.rejected", reason="busy" if self._registry.full else "duplicate")
-                self._metrics.calls_total.labels(
-                    **labels, agent=self._agent_name, outcome="rejected_busy"
-                ).inc()
-                await self._ws.close(code=1013, message=b"busy")
-                return "error"
+            self.task = asyncio.current_task()
+            admission = self._registry.add(self.call_id, self)
+            if admission != "ok":
+                log.warning("call.rejected", reason=admission)
+                outcome = f"rejected_{admission}"
+                self._metrics.calls_total.labels(**labels, agent=self._agent_name, outcome=outcome).inc()
+                await self._ws.close(code=1013 if admission == "busy" else 1008, message=admission.encode())
+                return "rejected"
             started = time.monotonic()
             self._metrics.calls_active.labels(**labels).inc()
             log.info("call.started", carrier=self._carrier.name, audio=self._agent.audio)
@@ -104,23 +114,27 @@ class CallBridge:
                 reason = "shutdown"
                 raise
             finally:
-                await self._end_engine_side(reason)
-                duration_s = time.monotonic() - started
-                self._registry.remove(self.call_id)
-                self._metrics.calls_active.labels(**labels).dec()
-                self._metrics.calls_total.labels(**labels, agent=self._agent_name, outcome=reason).inc()
-                self._metrics.call_duration_seconds.labels(**labels, agent=self._agent_name).observe(
-                    duration_s
-                )
-                log.info(
-                    "call.ended",
-                    reason=reason,
-                    duration_s=round(duration_s, 3),
-                    bytes_from_caller=self.bytes_from_caller,
-                    bytes_to_caller=self.bytes_to_caller,
-                )
-                # Last, so whoever sees the socket close also sees the call counted.
-                await self._ws.close()
+                try:
+                    await self._end_engine_side(reason)
+                finally:
+                    # Bookkeeping is synchronous and comes first: a second cancellation during the
+                    # socket close below cannot leak the call's slot.
+                    duration_s = time.monotonic() - started
+                    self._registry.remove(self.call_id)
+                    self._metrics.calls_active.labels(**labels).dec()
+                    self._metrics.calls_total.labels(**labels, agent=self._agent_name, outcome=reason).inc()
+                    self._metrics.call_duration_seconds.labels(**labels, agent=self._agent_name).observe(
+                        duration_s
+                    )
+                    log.info(
+                        "call.ended",
+                        reason=reason,
+                        duration_s=round(duration_s, 3),
+                        bytes_from_caller=self.bytes_from_caller,
+                        bytes_to_caller=self.bytes_to_caller,
+                    )
+                    # Last, so whoever sees the socket close also sees the call counted.
+                    await self._ws.close()
             return reason
 
     async def _bridge(self) -> EndReason:
@@ -129,44 +143,59 @@ class CallBridge:
         except EngineError as exc:
             log.error("engine.connect_failed", error=str(exc), retryable=exc.retryable)
             return "engine_connect_failed"
-        await self._session.start()
-        tasks = {
-            asyncio.create_task(self._uplink(self._session), name=f"call:{self.call_id}:uplink"),
-            asyncio.create_task(self._downlink(self._session), name=f"call:{self.call_id}:downlink"),
-        }
+        tasks: set[asyncio.Task[EndReason]] = set()
         try:
+            await self._session.start()
+            tasks = {
+                asyncio.create_task(self._uplink(self._session), name=f"call:{self.call_id}:uplink"),
+                asyncio.create_task(self._downlink(self._session), name=f"call:{self.call_id}:downlink"),
+            }
             done, _ = await asyncio.wait(
                 tasks, timeout=self._agent.max_call_duration_s, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
                 log.info("call.max_duration", max_call_duration_s=self._agent.max_call_duration_s)
                 return "max_duration"
-            try:
-                return next(iter(done)).result()
-            except EngineError as exc:
-                log.error("engine.failed", error=str(exc), code=exc.code)
-                return "engine_error"
-            except ConnectionResetError:
-                # The carrier socket went away while audio was being written to it.
-                return "caller_hangup"
-            except Exception:
-                log.exception("call.failed")
-                return "error"
+            return max((self._outcome(task) for task in done), key=lambda r: _PRIORITY.get(r, 0))
+        except Exception:
+            log.exception("call.failed")
+            return "error"
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    @staticmethod
+    def _outcome(task: asyncio.Task[EndReason]) -> EndReason:
+        try:
+            return task.result()
+        except EngineError as exc:
+            log.error("engine.failed", error=str(exc), code=exc.code)
+            return "engine_error"
+        except Exception:
+            log.exception("call.failed", task=task.get_name())
+            return "error"
+
     async def _end_engine_side(self, reason: EndReason) -> None:
-        if self._session is not None:
-            await self._session.aclose()
-        if reason != "caller_hangup":
-            # The caller is still on the line: end the call at the carrier, not just our stream.
-            await self._carrier.hangup(self.call_id)
+        try:
+            if self._session is not None:
+                await self._session.aclose()
+        finally:
+            if reason != "caller_hangup":
+                # The caller is still on the line: end the call at the carrier, not just our stream.
+                await self._carrier.hangup(self.call_id)
 
     # -- caller → model ---------------------------------------------------------------------------
 
     async def _uplink(self, session: EngineSession) -> EndReason:
+        try:
+            return await self._read_caller(session)
+        except TimeoutError:
+            # Carriers stream audio continuously, silence included: a silent socket is a dead one.
+            log.warning("carrier.timeout")
+            return "carrier_timeout"
+
+    async def _read_caller(self, session: EngineSession) -> EndReason:
         async for message in self._ws:
             if message.type != WSMsgType.TEXT:
                 continue
@@ -187,12 +216,15 @@ class CallBridge:
 
     async def _caller_audio(self, session: EngineSession, payload_b64: str) -> None:
         if self._up is None:
+            if not _BASE64.fullmatch(payload_b64):
+                log.warning("carrier.bad_frame", error="media payload is not base64")
+                return
             self.bytes_from_caller += b64_decoded_len(payload_b64)
             await session.send_audio(payload_b64)
             return
         try:
             ulaw = base64.b64decode(payload_b64, validate=True)
-        except ValueError:
+        except binascii.Error:
             log.warning("carrier.bad_frame", error="media payload is not base64")
             return
         self.bytes_from_caller += len(ulaw)
@@ -203,6 +235,14 @@ class CallBridge:
     # -- model → caller ---------------------------------------------------------------------------
 
     async def _downlink(self, session: EngineSession) -> EndReason:
+        try:
+            return await self._read_model(session)
+        except ConnectionResetError:
+            # Engine sessions swallow resets of their own socket, so this one is the carrier's.
+            log.info("carrier.closed")
+            return "caller_hangup"
+
+    async def _read_model(self, session: EngineSession) -> EndReason:
         async for event in session.events():
             if isinstance(event, AudioDelta):
                 await self._model_audio(event)
@@ -225,11 +265,18 @@ class CallBridge:
         if event.item_id in self._interrupted:
             return  # audio of a response the caller interrupted, still in flight from the model
         if self._down is None:
+            if not _BASE64.fullmatch(event.audio_b64):
+                log.warning("engine.bad_frame", error="audio delta is not base64")
+                return
             nbytes = b64_decoded_len(event.audio_b64)
             self._playback.received(event.item_id, nbytes)
             await self._send_audio(event.item_id, event.audio_b64, nbytes)
             return
-        pcm = base64.b64decode(event.audio_b64)
+        try:
+            pcm = base64.b64decode(event.audio_b64, validate=True)
+        except binascii.Error:
+            log.warning("engine.bad_frame", error="audio delta is not base64")
+            return
         self._playback.received(event.item_id, len(pcm))
         ulaw = self._down.convert(pcm)
         self._down_dirty = True
@@ -251,17 +298,20 @@ class CallBridge:
             await self._send_audio(item_id, base64.b64encode(tail).decode("ascii"), len(tail))
 
     async def _barge_in(self, session: EngineSession) -> None:
-        await self._ws.send_str(self._codec.clear())
-        await session.cancel_response()
+        # Snapshot playback before any await: mark echoes that answer the `clear` below must not
+        # count as audio the caller heard.
+        cut = self._playback.interrupt()
         if self._down is not None and self._down_dirty:
             self._down.flush()  # discard: the interrupted speech must not leak into the next response
             self._down_dirty = False
-        cut = self._playback.interrupt()
+        if cut is not None:
+            self._interrupted.add(cut[0])
+        await self._ws.send_str(self._codec.clear())
+        await session.cancel_response()
         if cut is None:
             log.info("call.barge_in", truncated=False)
             return
         item_id, audio_end_ms = cut
-        self._interrupted.add(item_id)
         # A truncate the server rejects comes back as a non-fatal error event; the call goes on.
         await session.truncate(item_id, audio_end_ms)
         log.info("call.barge_in", truncated=True, audio_end_ms=audio_end_ms)

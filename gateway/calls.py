@@ -1,42 +1,95 @@
-"""The registry of live calls: admission against `max_concurrent_calls`, and cancelling them at shutdown."""
+"""The registry of calls: admission against `max_concurrent_calls`, draining, cancelling at shutdown.
+
+A call counts against the limit from the moment its webhook is answered (a short-lived reservation)
+until its bridge ends, so a burst of webhooks cannot over-admit calls that have not streamed yet.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
 
 import structlog
 
 log = structlog.get_logger("gateway.calls")
 
+RESERVATION_TTL_S = 30.0
+Admission = Literal["ok", "busy", "duplicate"]
+
+
+class LiveCall(Protocol):
+    """What the registry needs of a live call: the task that owns it."""
+
+    @property
+    def task(self) -> asyncio.Task[object] | None: ...
+
 
 class CallRegistry:
-    def __init__(self, max_concurrent_calls: int) -> None:
+    def __init__(
+        self,
+        max_concurrent_calls: int,
+        *,
+        reservation_ttl_s: float = RESERVATION_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_concurrent_calls = max_concurrent_calls
-        self._tasks: dict[str, asyncio.Task[object]] = {}
+        self._ttl_s = reservation_ttl_s
+        self._clock = clock
+        self._live: dict[str, LiveCall] = {}
+        self._reserved: dict[str, float] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._live)
 
     def __contains__(self, call_id: object) -> bool:
-        return call_id in self._tasks
+        return call_id in self._live
+
+    def live(self) -> list[LiveCall]:
+        return list(self._live.values())
+
+    def _load(self) -> int:
+        now = self._clock()
+        self._reserved = {k: v for k, v in self._reserved.items() if v > now}
+        return len(self._live) + len(self._reserved)
 
     @property
     def full(self) -> bool:
-        return len(self._tasks) >= self.max_concurrent_calls
+        return self._load() >= self.max_concurrent_calls
 
-    def add(self, call_id: str, task: asyncio.Task[object]) -> bool:
-        """Admit a call owned by `task`; False when the gateway is full or the call is already live."""
-        if self.full or call_id in self._tasks:
+    def reserve(self, call_id: str) -> bool:
+        """Hold a place for a call whose webhook is being answered; False when the gateway is full."""
+        if call_id in self._reserved or call_id in self._live:
+            return True  # a retried webhook for a call we already hold
+        if self.full:
             return False
-        self._tasks[call_id] = task
+        self._reserved[call_id] = self._clock() + self._ttl_s
         return True
 
+    def add(self, call_id: str, call: LiveCall) -> Admission:
+        """Admit a call whose media has started (consuming its reservation, if any)."""
+        if call_id in self._live:
+            return "duplicate"
+        if self._reserved.pop(call_id, None) is None and self.full:
+            return "busy"
+        self._live[call_id] = call
+        self._empty.clear()
+        return "ok"
+
     def remove(self, call_id: str) -> None:
-        self._tasks.pop(call_id, None)
+        self._live.pop(call_id, None)
+        if not self._live:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
 
     async def cancel_all(self) -> None:
         """Cancel every call's owning task and wait for their teardown (sockets closed, logs written)."""
-        tasks = list(self._tasks.values())
+        tasks = [t for call in self._live.values() if (t := call.task) is not None]
         if tasks:
             log.info("calls.cancelling", count=len(tasks))
         for task in tasks:

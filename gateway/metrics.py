@@ -32,9 +32,9 @@ class GatewayMetrics:
             buckets=CALL_DURATION_BUCKETS_S,
             registry=registry,
         )
-        self.webhooks_total = Counter(
-            "gateway_webhooks",
-            "Carrier webhook and media-upgrade requests, by result.",
-            ["carrier", "endpoint", "outcome"],
+        self.webhook_rejections_total = Counter(
+            "gateway_webhook_rejections",
+            "Carrier webhooks and media sockets refused, by reason (bad_signature, bad_stream_token, ...).",
+            ["carrier", "reason"],
             registry=registry,
         )

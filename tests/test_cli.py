@@ -1,6 +1,6 @@
 """Tests for the `gateway` command line (gateway/__main__.py): `check` and the config handling of `run`.
 
-No server is started here: `run` is exercised only with configs that fail, and aiohttp's `run_app` is
+No server is started here: `run` is exercised only with configs that fail, and `gateway.server.serve` is
 replaced by a tripwire so a regression cannot leave a server listening.
 """
 
@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 import gateway.__main__ as cli
+import gateway.server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "config/agents.example.yaml"
@@ -80,9 +81,9 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Make starting a server fail loudly, and undo the global logging set-up `run` performs."""
 
     def tripwire(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("run_app must not be reached with an invalid config")
+        raise AssertionError("serve must not be reached with an invalid config")
 
-    monkeypatch.setattr(cli.web, "run_app", tripwire)
+    monkeypatch.setattr(gateway.server, "serve", tripwire)
     saved = structlog.get_config()
     access = logging.getLogger("aiohttp.access")
     access_level = access.level

@@ -19,6 +19,8 @@ log = structlog.get_logger("gateway.twilio")
 
 MEDIA_PATH = "/twilio/media"
 START_TIMEOUT_S = 10.0
+# Twilio streams 50 frames a second, silence included; this long without one means the socket is dead.
+MEDIA_IDLE_TIMEOUT_S = 15.0
 MAX_FRAME_BYTES = 1024 * 1024
 
 
@@ -44,24 +46,29 @@ async def voice_webhook(request: web.Request) -> web.Response:
         url = config.server.public_url + request.raw_path
         if not twilio.verify([url], params, request.headers.get("X-Twilio-Signature", "")):
             log.warning("webhook.rejected", carrier="twilio", reason="bad_signature")
-            metrics.webhooks_total.labels("twilio", "voice", "bad_signature").inc()
+            metrics.webhook_rejections_total.labels("twilio", "bad_signature").inc()
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
-    values = {**{k: v[0] for k, v in params.items()}}
-    to = values.get("To") or request.query.get("To", "")
-    agent_name = config.agent_for(to)
-    metrics.webhooks_total.labels("twilio", "voice", "ok").inc()
+    values = {**request.query, **{k: v[0] for k, v in params.items()}}
+    call_sid = values.get("CallSid", "")
+    if not call_sid:
+        metrics.webhook_rejections_total.labels("twilio", "malformed").inc()
+        raise web.HTTPBadRequest(text="missing CallSid")
+    agent_name = config.agent_for(values.get("To", ""))
     if agent_name is None:
         log.warning("call.rejected", carrier="twilio", reason="unrouted")
         metrics.calls_total.labels("twilio", "", "", "rejected_unrouted").inc()
         return _twiml(twiml_reject())
     agent = config.agents[agent_name]
-    if calls.full or not app[keys.STATE].accepting:
+    if not app[keys.STATE].accepting or not calls.reserve(call_sid):
         log.warning("call.rejected", carrier="twilio", reason="busy", agent=agent_name)
         metrics.calls_total.labels("twilio", agent_name, agent.engine, "rejected_busy").inc()
         return _twiml(twiml_reject("busy"))
-    log.info("call.accepted", carrier="twilio", agent=agent_name)
+    log.info("call.accepted", carrier="twilio", agent=agent_name, call_id=call_sid)
     media_url = config.server.media_base_url + MEDIA_PATH
-    return _twiml(twiml_connect_stream(media_url, {"agent": agent_name}))
+    # The token binds the media stream to this verified webhook: a replayed upgrade signature
+    # (it is the same for every call) cannot open a stream for a call we did not answer.
+    parameters = {"agent": agent_name, "token": twilio.stream_token(call_sid)}
+    return _twiml(twiml_connect_stream(media_url, parameters))
 
 
 def _upgrade_urls(request: web.Request, media_base_url: str) -> list[str]:
@@ -70,9 +77,8 @@ def _upgrade_urls(request: web.Request, media_base_url: str) -> list[str]:
     urls = [media_base_url + request.path]
     if request.query_string:
         urls.append(media_base_url + request.raw_path)
-    https = "https" + media_base_url[3:] if media_base_url.startswith("wss") else None
-    if https:
-        urls.append(https + request.path)
+    if media_base_url.startswith("wss://"):
+        urls.append("https" + media_base_url[3:] + request.path)
     return urls
 
 
@@ -87,33 +93,39 @@ async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
     return None
 
 
+async def _reject(ws: web.WebSocketResponse, request: web.Request, reason: str, message: str) -> None:
+    log.warning("media.rejected", carrier="twilio", reason=reason)
+    request.app[keys.METRICS].webhook_rejections_total.labels("twilio", reason).inc()
+    await ws.close(code=1008, message=message.encode())
+
+
 async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Twilio Media Streams: verify the upgrade, read `start`, hand the call to a CallBridge."""
     app = request.app
-    config, metrics, twilio = app[keys.CONFIG], app[keys.METRICS], app[keys.TWILIO]
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
+    config, twilio = app[keys.CONFIG], app[keys.TWILIO]
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
     await ws.prepare(request)
-    if twilio.config.verify_signatures:
+    verify = twilio.config.verify_signatures
+    if verify:
         signature = request.headers.get("X-Twilio-Signature", "")
         if not twilio.verify(_upgrade_urls(request, config.server.media_base_url), {}, signature):
-            log.warning("media.rejected", carrier="twilio", reason="bad_signature")
-            metrics.webhooks_total.labels("twilio", "media", "bad_signature").inc()
-            await ws.close(code=1008, message=b"invalid X-Twilio-Signature")
+            await _reject(ws, request, "bad_signature", "invalid X-Twilio-Signature")
             return ws
-    metrics.webhooks_total.labels("twilio", "media", "ok").inc()
     try:
         start = await _read_start(ws)
     except (TimeoutError, ProtocolError) as exc:
-        log.warning("media.rejected", carrier="twilio", reason="no_start", error=str(exc) or "timeout")
-        await ws.close(code=1008, message=b"expected a start frame")
+        log.warning("media.no_start", carrier="twilio", error=str(exc) or "timeout")
+        await _reject(ws, request, "no_start", "expected a start frame")
         return ws
     if start is None:
+        return ws
+    if verify and not twilio.stream_token_matches(start.call_id, start.params.get("token", "")):
+        await _reject(ws, request, "bad_stream_token", "invalid stream token")
         return ws
     agent_name = start.params.get("agent", "")
     agent = config.agents.get(agent_name)
     if agent is None:
-        log.warning("media.rejected", carrier="twilio", reason="unknown_agent")
-        await ws.close(code=1008, message=b"unknown agent")
+        await _reject(ws, request, "unknown_agent", "unknown agent")
         return ws
     bridge = CallBridge(
         carrier=twilio,
@@ -123,7 +135,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         agent=agent,
         engines=app[keys.ENGINES],
         registry=app[keys.CALLS],
-        metrics=metrics,
+        metrics=app[keys.METRICS],
     )
     await bridge.run()
     return ws

@@ -8,6 +8,7 @@ sessions were reported to emit the beta names).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from gateway.engines.base import (
     SpeechStarted,
     SpeechStopped,
 )
-from gateway.errors import EngineError
+from gateway.errors import EngineError, ProtocolError
 
 log = structlog.get_logger("gateway.openai")
 
@@ -37,6 +38,9 @@ FATAL_ERROR_CODES = frozenset(
     {"beta_api_shape_disabled", "invalid_api_key", "session_expired", "insufficient_quota", "model_not_found"}
 )
 CONNECT_TIMEOUT_S = 10.0
+# A dead peer that stops reading would otherwise block sends until max_call_duration_s.
+HEARTBEAT_S = 15.0
+SESSION_UPDATE_EVENT_ID = "gateway_session_update"
 
 
 def first_message_instructions(text: str) -> str:
@@ -73,7 +77,7 @@ class BetaDialect:
             session["instructions"] = agent.prompt
         if agent.input_audio_transcription_model:
             session["input_audio_transcription"] = {"model": agent.input_audio_transcription_model}
-        return {"type": "session.update", "session": session}
+        return {"type": "session.update", "event_id": SESSION_UPDATE_EVENT_ID, "session": session}
 
 
 class GADialect:
@@ -99,35 +103,52 @@ class GADialect:
             session["instructions"] = agent.prompt
         if agent.reasoning_effort is not None:
             session["reasoning"] = {"effort": agent.reasoning_effort}
-        return {"type": "session.update", "session": session}
+        return {"type": "session.update", "event_id": SESSION_UPDATE_EVENT_ID, "session": session}
 
 
 Dialect = type[BetaDialect] | type[GADialect]
 DIALECTS: dict[str, Dialect] = {"openai_realtime": BetaDialect, "openai_realtime_2": GADialect}
 
 
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
-    """One server event in either dialect → the bridge's event, or None for events it does not use."""
+    """One server event in either dialect → the bridge's event, or None for events it does not use.
+
+    Raises ProtocolError for an event the bridge needs that lacks what it needs (an audio delta
+    without a string payload); optional fields that are missing or malformed read as empty.
+    """
     kind = event.get("type")
     if kind in ("response.output_audio.delta", "response.audio.delta"):
-        return AudioDelta(str(event.get("response_id", "")), str(event.get("item_id", "")), event["delta"])
+        delta = event.get("delta")
+        if not isinstance(delta, str):
+            raise ProtocolError(f"{kind}: delta is not a string")
+        return AudioDelta(str(event.get("response_id", "")), str(event.get("item_id", "")), delta)
     if kind in ("response.output_audio.done", "response.audio.done"):
         return AudioDone(str(event.get("response_id", "")), str(event.get("item_id", "")))
     if kind == "input_audio_buffer.speech_started":
-        return SpeechStarted(str(event.get("item_id", "")), int(event.get("audio_start_ms", 0)))
+        return SpeechStarted(str(event.get("item_id", "")), int(event.get("audio_start_ms") or 0))
     if kind == "input_audio_buffer.speech_stopped":
-        return SpeechStopped(str(event.get("item_id", "")), int(event.get("audio_end_ms", 0)))
+        return SpeechStopped(str(event.get("item_id", "")), int(event.get("audio_end_ms") or 0))
     if kind == "response.created":
-        return ResponseStarted(str(event.get("response", {}).get("id", "")))
+        return ResponseStarted(str(_obj(event.get("response")).get("id", "")))
     if kind == "response.done":
-        response = event.get("response") or {}
+        response = _obj(event.get("response"))
+        usage = response.get("usage")
         return ResponseDone(
-            str(response.get("id", "")), str(response.get("status", "")), response.get("usage")
+            str(response.get("id", "")),
+            str(response.get("status", "")),
+            usage if isinstance(usage, dict) else None,
         )
     if kind == "error":
-        error = event.get("error") or {}
+        error = _obj(event.get("error"))
         code = str(error.get("code") or error.get("type") or "unknown")
-        return EngineFailure(code, str(error.get("message", "")), code in FATAL_ERROR_CODES)
+        # An error answering our session.update means the call runs unconfigured (wrong audio
+        # format: the caller would hear noise), so it is as fatal as a dead socket.
+        fatal = code in FATAL_ERROR_CODES or error.get("event_id") == SESSION_UPDATE_EVENT_ID
+        return EngineFailure(code, str(error.get("message", "")), fatal)
     return None
 
 
@@ -143,9 +164,15 @@ class OpenAIRealtimeSession:
         # Appends are the hot path: only the payload changes, so the rest is serialised once.
         self._append_prefix = '{"type":"input_audio_buffer.append","audio":"'
 
+    async def _send_text(self, text: str) -> None:
+        # A closing socket is reported once, by events() ending; sends to it are dropped, never queued.
+        if self._ws.closed:
+            return
+        with contextlib.suppress(ConnectionResetError):
+            await self._ws.send_str(text)
+
     async def _send(self, event: dict[str, Any]) -> None:
-        if not self._ws.closed:
-            await self._ws.send_str(json.dumps(event))
+        await self._send_text(json.dumps(event))
 
     async def start(self) -> None:
         await self._send(self._dialect.session_update(self._agent, self.audio_format))
@@ -158,9 +185,7 @@ class OpenAIRealtimeSession:
             )
 
     async def send_audio(self, audio_b64: str) -> None:
-        # A closed socket is noticed by events(); audio for it is dropped, never queued.
-        if not self._ws.closed:
-            await self._ws.send_str(self._append_prefix + audio_b64 + '"}')
+        await self._send_text(self._append_prefix + audio_b64 + '"}')
 
     async def cancel_response(self) -> None:
         # response.cancel with nothing in flight only earns an error event, so send it only when needed.
@@ -187,8 +212,8 @@ class OpenAIRealtimeSession:
             try:
                 raw = json.loads(message.data)
                 event = map_server_event(raw) if isinstance(raw, dict) else None
-            except (ValueError, KeyError, TypeError):
-                log.warning("engine.bad_frame")
+            except (ValueError, TypeError, ProtocolError) as exc:
+                log.warning("engine.bad_frame", error=str(exc)[:200])
                 continue
             if isinstance(event, ResponseStarted):
                 self._response_active = True
@@ -220,6 +245,7 @@ class OpenAIRealtimeEngine:
                     headers=headers,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                     max_msg_size=16 * 1024 * 1024,
+                    heartbeat=HEARTBEAT_S,
                     compress=0,
                 )
         except aiohttp.WSServerHandshakeError as exc:

@@ -50,6 +50,7 @@ class FakeTwilioCall:
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read(), name=f"fake-twilio:{call_sid}")
         self.close_code: int | None = None
+        self.close_reason = ""
 
     def _check(self, frame: dict[str, Any]) -> None:
         event = frame.get("event")
@@ -66,7 +67,11 @@ class FakeTwilioCall:
             self.problems.append(f"{event} frame for another stream")
 
     async def _read(self) -> None:
-        async for message in self.ws:
+        while True:
+            message = await self.ws.receive()
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                self.close_reason = str(message.extra or "")
+                break
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             frame = json.loads(message.data)
