@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,12 +12,14 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import keys
+from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
 from gateway.carriers import twilio_routes
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
 from gateway.engines.factory import Engines
 from gateway.metrics import GatewayMetrics
+from gateway.pricing import PriceTable
 
 log = structlog.get_logger("gateway.app")
 
@@ -36,6 +39,20 @@ async def readyz(request: web.Request) -> web.Response:
         # Full is not ready: a load balancer should send the next call to another replica.
         return web.json_response({"status": "full", "calls_active": len(calls)}, status=503)
     return web.json_response({"status": "ready", "calls_active": len(calls)})
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """Live calls with their cost so far. Needs `server.admin_token`; without one the route is off."""
+    token = request.app[keys.CONFIG].server.admin_token
+    if token is None:
+        raise web.HTTPNotFound(text="GET /calls is disabled: set server.admin_token to enable it")
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+        raise web.HTTPUnauthorized(
+            text="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    calls = [call.snapshot() for call in request.app[keys.CALLS].live()]
+    return web.json_response({"calls": calls, "count": len(calls)})
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -62,11 +79,13 @@ def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None)
     app[keys.STATE] = keys.GatewayState()
     app[keys.METRICS] = GatewayMetrics(registry if registry is not None else REGISTRY)
     app[keys.CALLS] = CallRegistry(config.server.max_concurrent_calls)
+    app[keys.PRICES] = PriceBook(PriceTable.from_config(config.pricing), app[keys.METRICS])
     app.cleanup_ctx.append(_http_session)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(app[keys.METRICS].registry))
+    app.router.add_get("/calls", list_calls)
     if config.carriers.twilio is not None:
         twilio_routes.add_routes(app)
         if not config.carriers.twilio.verify_signatures:

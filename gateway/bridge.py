@@ -18,6 +18,7 @@ from typing import Literal
 import structlog
 from aiohttp import WSMsgType, web
 
+from gateway.accounting import CallAccounting, PriceBook
 from gateway.audio import CallerToModel, ModelToCaller, b64_decoded_len
 from gateway.calls import CallRegistry
 from gateway.carriers.base import Carrier, MarkEcho, Media, StreamStart, StreamStop
@@ -28,8 +29,11 @@ from gateway.engines.base import (
     EngineFactory,
     EngineFailure,
     EngineSession,
+    InputCommitted,
     ResponseDone,
     SpeechStarted,
+    SpeechStopped,
+    TranscriptionDone,
 )
 from gateway.errors import EngineError, ProtocolError
 from gateway.metrics import GatewayMetrics
@@ -67,6 +71,7 @@ class CallBridge:
         engines: EngineFactory,
         registry: CallRegistry,
         metrics: GatewayMetrics,
+        prices: PriceBook,
     ) -> None:
         self.call_id = start.call_id
         self.task: asyncio.Task[object] | None = None
@@ -78,6 +83,8 @@ class CallBridge:
         self._engines = engines
         self._registry = registry
         self._metrics = metrics
+        self._prices = prices
+        self._accounting: CallAccounting | None = None
         self._session: EngineSession | None = None
         transcode = agent.audio == "pcm24k"
         # One converter per direction per call, stateful for the call's whole life (STYLE rule 4).
@@ -88,6 +95,19 @@ class CallBridge:
         self._interrupted: set[str] = set()
         self.bytes_from_caller = 0
         self.bytes_to_caller = 0
+        self._cpu_up = metrics.transcode_cpu_seconds_total.labels("caller_to_model")
+        self._cpu_down = metrics.transcode_cpu_seconds_total.labels("model_to_caller")
+
+    def snapshot(self) -> dict[str, object]:
+        """The live view of this call for `GET /calls`: no phone numbers."""
+        view: dict[str, object] = {
+            "id": self.call_id,
+            "carrier": self._carrier.name,
+            "agent": self._agent_name,
+        }
+        if self._accounting is not None:
+            view.update(self._accounting.snapshot())
+        return view
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -105,6 +125,13 @@ class CallBridge:
                 await self._ws.close(code=1013 if admission == "busy" else 1008, message=admission.encode())
                 return "rejected"
             started = time.monotonic()
+            accounting = self._accounting = CallAccounting(
+                agent_name=self._agent_name,
+                agent=self._agent,
+                carrier=self._carrier.name,
+                prices=self._prices,
+                metrics=self._metrics,
+            )
             self._metrics.calls_active.labels(**labels).inc()
             log.info("call.started", carrier=self._carrier.name, audio=self._agent.audio)
             reason: EndReason = "error"
@@ -132,6 +159,7 @@ class CallBridge:
                         duration_s=round(duration_s, 3),
                         bytes_from_caller=self.bytes_from_caller,
                         bytes_to_caller=self.bytes_to_caller,
+                        **accounting.finish(duration_s),
                     )
                     # Last, so whoever sees the socket close also sees the call counted.
                     await self._ws.close()
@@ -142,6 +170,7 @@ class CallBridge:
             self._session = await self._engines.open(self._agent, self.call_id)
         except EngineError as exc:
             log.error("engine.connect_failed", error=str(exc), retryable=exc.retryable)
+            self._metrics.engine_errors_total.labels(self._agent.engine, "connect_failed").inc()
             return "engine_connect_failed"
         tasks: set[asyncio.Task[EndReason]] = set()
         try:
@@ -228,7 +257,9 @@ class CallBridge:
             log.warning("carrier.bad_frame", error="media payload is not base64")
             return
         self.bytes_from_caller += len(ulaw)
+        cpu = time.thread_time()
         pcm = self._up.convert(ulaw)
+        self._cpu_up.inc(time.thread_time() - cpu)
         if pcm:
             await session.send_audio(base64.b64encode(pcm).decode("ascii"))
 
@@ -243,6 +274,8 @@ class CallBridge:
             return "caller_hangup"
 
     async def _read_model(self, session: EngineSession) -> EndReason:
+        accounting = self._accounting
+        assert accounting is not None
         async for event in session.events():
             if isinstance(event, AudioDelta):
                 await self._model_audio(event)
@@ -251,10 +284,16 @@ class CallBridge:
             elif isinstance(event, AudioDone):
                 await self._flush(event.item_id)
                 self._playback.finished(event.item_id)
+            elif isinstance(event, SpeechStopped | InputCommitted):
+                accounting.caller_stopped_speaking()
             elif isinstance(event, ResponseDone):
                 await self._flush(self._playback.current_item)
+                accounting.response_done(event.status, event.usage)
                 log.info("engine.response_done", status=event.status)
+            elif isinstance(event, TranscriptionDone):
+                accounting.transcription_done(event.usage)
             elif isinstance(event, EngineFailure):
+                self._metrics.engine_errors_total.labels(self._agent.engine, event.code[:64]).inc()
                 if event.fatal:
                     raise EngineError(event.message, code=event.code)
                 # Non-fatal errors (a rejected truncate, a cancel with nothing in flight) are survived.
@@ -278,7 +317,9 @@ class CallBridge:
             log.warning("engine.bad_frame", error="audio delta is not base64")
             return
         self._playback.received(event.item_id, len(pcm))
+        cpu = time.thread_time()
         ulaw = self._down.convert(pcm)
+        self._cpu_down.inc(time.thread_time() - cpu)
         self._down_dirty = True
         if ulaw:
             await self._send_audio(event.item_id, base64.b64encode(ulaw).decode("ascii"), len(ulaw))
@@ -287,6 +328,8 @@ class CallBridge:
         await self._ws.send_str(self._codec.media(payload_b64))
         await self._ws.send_str(self._codec.mark(self._playback.sent(item_id, nbytes)))
         self.bytes_to_caller += nbytes
+        if self._accounting is not None:
+            self._accounting.agent_audio_sent()
 
     async def _flush(self, item_id: str | None) -> None:
         """Emit what the outbound resampler holds back, so the end of a response is not cut off."""
@@ -301,6 +344,8 @@ class CallBridge:
         # Snapshot playback before any await: mark echoes that answer the `clear` below must not
         # count as audio the caller heard.
         cut = self._playback.interrupt()
+        if self._accounting is not None:
+            self._accounting.barge_in()
         if self._down is not None and self._down_dirty:
             self._down.flush()  # discard: the interrupted speech must not leak into the next response
             self._down_dirty = False

@@ -20,10 +20,12 @@ Admission = Literal["ok", "busy", "duplicate"]
 
 
 class LiveCall(Protocol):
-    """What the registry needs of a live call: the task that owns it."""
+    """What the registry needs of a live call: the task that owns it, and a view for `GET /calls`."""
 
     @property
     def task(self) -> asyncio.Task[object] | None: ...
+
+    def snapshot(self) -> dict[str, object]: ...
 
 
 class CallRegistry:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gateway.errors import ConfigError
+from gateway.pricing import PricingConfig
 
 Engine = Literal["openai_realtime", "openai_realtime_2"]
 AudioMode = Literal["pcm24k", "g711"]
@@ -40,6 +41,7 @@ class ServerConfig(_Section):
     public_url: str
     drain_timeout_s: float = Field(30.0, ge=0)
     max_concurrent_calls: int = Field(200, ge=1)
+    admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
 
     @field_validator("public_url")
     @classmethod
@@ -133,6 +135,7 @@ class GatewayConfig(_Section):
     agents: dict[str, AgentConfig] = Field(min_length=1)
     routes: dict[str, str] = Field(default_factory=dict)
     default_agent: str | None = None
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     def agent_for(self, called_number: str) -> str | None:
         """The agent that answers calls to `called_number`: its route, else the default, else None."""

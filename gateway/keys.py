@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
@@ -19,6 +20,7 @@ CALLS = web.AppKey("calls", CallRegistry)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 TWILIO = web.AppKey("twilio", TwilioCarrier)
 ENGINES = web.AppKey("engines", EngineFactory)
+PRICES = web.AppKey("prices", PriceBook)
 
 
 @dataclass(slots=True)

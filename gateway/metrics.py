@@ -1,13 +1,26 @@
 """Prometheus metrics, registered on an injected registry (a fresh one per test, the default in production).
 
-Labels come only from small closed sets (carrier, agent, engine, outcome): never call ids or numbers.
+Labels come only from small closed sets (carrier, agent, engine, model, kind, component, outcome,
+status, reason, direction): never call ids or phone numbers.
 """
 
 from __future__ import annotations
 
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 CALL_DURATION_BUCKETS_S = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+CALL_COST_BUCKETS_USD = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10)
+
+
+def gateway_version() -> str:
+    try:
+        return version("telephony-gateway")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 class GatewayMetrics:
@@ -20,10 +33,7 @@ class GatewayMetrics:
             registry=registry,
         )
         self.calls_active = Gauge(
-            "gateway_calls_active",
-            "Calls currently bridged.",
-            ["carrier", "engine"],
-            registry=registry,
+            "gateway_calls_active", "Calls currently bridged.", ["carrier", "engine"], registry=registry
         )
         self.call_duration_seconds = Histogram(
             "gateway_call_duration_seconds",
@@ -38,3 +48,79 @@ class GatewayMetrics:
             ["carrier", "reason"],
             registry=registry,
         )
+        # -- usage and cost ---------------------------------------------------------------------
+        self.realtime_tokens_total = Counter(
+            "gateway_realtime_tokens",
+            "Realtime model tokens from response.done usage, by kind (cached input counted separately).",
+            ["agent", "model", "kind"],
+            registry=registry,
+        )
+        self.transcription_usage_total = Counter(
+            "gateway_transcription_usage",
+            "Caller transcription usage, by unit (seconds, input_tokens, output_tokens).",
+            ["agent", "model", "unit"],
+            registry=registry,
+        )
+        self.cost_usd_total = Counter(
+            "gateway_cost_usd",
+            "Estimated cost in USD, by the call's realtime model and component (token kind, "
+            "transcription, telephony).",
+            ["agent", "model", "component"],
+            registry=registry,
+        )
+        self.unpriced_usage_total = Counter(
+            "gateway_unpriced_usage",
+            "Usage reports that had no price in the pricing table (counted in tokens, priced 0).",
+            ["model"],
+            registry=registry,
+        )
+        self.call_cost_usd = Histogram(
+            "gateway_call_cost_usd",
+            "Estimated whole-call cost in USD (model tokens, transcription and telephony).",
+            ["agent"],
+            buckets=CALL_COST_BUCKETS_USD,
+            registry=registry,
+        )
+        self.responses_total = Counter(
+            "gateway_responses",
+            "Model responses, by final status (completed, cancelled, failed, incomplete).",
+            ["agent", "model", "status"],
+            registry=registry,
+        )
+        # -- latency and behaviour --------------------------------------------------------------
+        self.turn_latency_seconds = Histogram(
+            "gateway_turn_latency_seconds",
+            "Caller stops speaking (speech_stopped, or commit) to first agent audio written to the carrier.",
+            ["agent", "model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.first_audio_seconds = Histogram(
+            "gateway_first_audio_seconds",
+            "Media start to the first agent audio written to the carrier.",
+            ["agent"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.barge_ins_total = Counter(
+            "gateway_barge_ins", "Caller interruptions of the agent.", ["agent"], registry=registry
+        )
+        self.engine_errors_total = Counter(
+            "gateway_engine_errors",
+            "Error events and failures reported by the model side, by code.",
+            ["engine", "code"],
+            registry=registry,
+        )
+        self.transcode_cpu_seconds_total = Counter(
+            "gateway_transcode_cpu_seconds",
+            "CPU time spent converting audio, by direction (caller_to_model, model_to_caller).",
+            ["direction"],
+            registry=registry,
+        )
+        build_info = Gauge(
+            "gateway_build_info",
+            "Always 1; labels name the running build.",
+            ["version", "python"],
+            registry=registry,
+        )
+        build_info.labels(gateway_version(), ".".join(map(str, sys.version_info[:3]))).set(1)

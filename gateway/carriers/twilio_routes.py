@@ -136,6 +136,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         engines=app[keys.ENGINES],
         registry=app[keys.CALLS],
         metrics=app[keys.METRICS],
+        prices=app[keys.PRICES],
     )
     await bridge.run()
     return ws

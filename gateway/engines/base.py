@@ -48,6 +48,21 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class InputCommitted:
+    """The model committed the caller's audio buffer as a user turn."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionDone:
+    """Caller speech was transcribed; `usage` is what the transcription model billed."""
+
+    item_id: str
+    usage: dict[str, object] | None
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseStarted:
     response_id: str
 
@@ -69,7 +84,15 @@ class EngineFailure:
 
 
 EngineEvent = (
-    AudioDelta | AudioDone | SpeechStarted | SpeechStopped | ResponseStarted | ResponseDone | EngineFailure
+    AudioDelta
+    | AudioDone
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | TranscriptionDone
+    | ResponseStarted
+    | ResponseDone
+    | EngineFailure
 )
 
 

@@ -23,11 +23,13 @@ from gateway.engines.base import (
     AudioDone,
     EngineEvent,
     EngineFailure,
+    InputCommitted,
     ModelAudioFormat,
     ResponseDone,
     ResponseStarted,
     SpeechStarted,
     SpeechStopped,
+    TranscriptionDone,
 )
 from gateway.errors import EngineError, ProtocolError
 
@@ -132,6 +134,11 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
         return SpeechStarted(str(event.get("item_id", "")), int(event.get("audio_start_ms") or 0))
     if kind == "input_audio_buffer.speech_stopped":
         return SpeechStopped(str(event.get("item_id", "")), int(event.get("audio_end_ms") or 0))
+    if kind == "input_audio_buffer.committed":
+        return InputCommitted(str(event.get("item_id", "")))
+    if kind == "conversation.item.input_audio_transcription.completed":
+        usage = event.get("usage")
+        return TranscriptionDone(str(event.get("item_id", "")), usage if isinstance(usage, dict) else None)
     if kind == "response.created":
         return ResponseStarted(str(_obj(event.get("response")).get("id", "")))
     if kind == "response.done":
