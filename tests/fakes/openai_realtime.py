@@ -111,16 +111,32 @@ class FakeRealtimeConnection:
             }
         )
 
-    async def response_done(self, response_id: str, status: str = "completed") -> None:
+    async def response_done(
+        self, response_id: str, status: str = "completed", usage: dict[str, Any] | None = None
+    ) -> None:
+        response: dict[str, Any] = {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": status,
+            "output": [],
+        }
+        if usage is not None:
+            response["usage"] = usage
+        await self.send({"type": "response.done", "response": response})
+
+    async def speech_stopped(self, item_id: str = "item_caller", audio_end_ms: int = 0) -> None:
+        await self.send(
+            {"type": "input_audio_buffer.speech_stopped", "item_id": item_id, "audio_end_ms": audio_end_ms}
+        )
+
+    async def transcription_completed(self, usage: dict[str, Any], item_id: str = "item_caller") -> None:
         await self.send(
             {
-                "type": "response.done",
-                "response": {
-                    "id": response_id,
-                    "object": "realtime.response",
-                    "status": status,
-                    "output": [],
-                },
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": "(caller words)",
+                "usage": usage,
             }
         )
 
