@@ -11,6 +11,7 @@ counts (largest remainder, so the parts add up to the total exactly).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -34,6 +35,15 @@ def _int(mapping: Mapping[str, Any], key: str) -> int:
 
 def _obj(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _seconds(usage: Mapping[str, Any]) -> float | None:
+    """A duration usage's `seconds`, or None unless it is a finite number >= 0 (a Prometheus counter
+    raises on a negative increment, which would end the call)."""
+    value = usage.get("seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _split(total: int, weights: dict[str, int]) -> dict[str, int]:
@@ -71,10 +81,10 @@ def token_counts(usage: Mapping[str, Any]) -> dict[TokenKind, int]:
     }
     # Without a breakdown, totals still count: input as text, output as text (the cheapest reading,
     # flagged in the log so the operator knows the estimate is low).
-    if not details_in and _int(usage, "input_tokens"):
+    if not any(inputs.values()) and _int(usage, "input_tokens"):
         counts["text_in"] = _int(usage, "input_tokens")
         log.warning("cost.usage_without_breakdown", side="input")
-    if not details_out and _int(usage, "output_tokens"):
+    if not (counts["audio_out"] or counts["text_out"]) and _int(usage, "output_tokens"):
         counts["text_out"] = _int(usage, "output_tokens")
         log.warning("cost.usage_without_breakdown", side="output")
     return counts
@@ -83,10 +93,10 @@ def token_counts(usage: Mapping[str, Any]) -> dict[TokenKind, int]:
 def transcription_cost(usage: Mapping[str, Any], price: TranscriptionPrice) -> float | None:
     """USD for one transcription usage report, or None when the price cannot cover its unit."""
     if usage.get("type") == "duration":
-        seconds = usage.get("seconds")
-        if price.per_minute is None or not isinstance(seconds, int | float):
+        seconds = _seconds(usage)
+        if price.per_minute is None or seconds is None:
             return None
-        return float(seconds) / 60 * price.per_minute
+        return seconds / 60 * price.per_minute
     if usage.get("type") == "tokens":
         if price.input_per_1m is None or price.output_per_1m is None:
             return None
@@ -180,10 +190,9 @@ class CallAccounting:
         model = self._transcription_model
         if not usage or model is None:
             return
-        if usage.get("type") == "duration" and isinstance(usage.get("seconds"), int | float):
-            self._metrics.transcription_usage_total.labels(self.agent_name, model, "seconds").inc(
-                usage["seconds"]
-            )
+        seconds = _seconds(usage)
+        if usage.get("type") == "duration" and seconds is not None:
+            self._metrics.transcription_usage_total.labels(self.agent_name, model, "seconds").inc(seconds)
         elif usage.get("type") == "tokens":
             for unit in ("input_tokens", "output_tokens"):
                 self._metrics.transcription_usage_total.labels(self.agent_name, model, unit).inc(
@@ -195,6 +204,10 @@ class CallAccounting:
             self._prices.unpriced(model, f"transcription ({usage.get('type')})")
             return
         self._charge("transcription", usd)
+
+    def caller_started_speaking(self) -> None:
+        """The caller spoke again before the agent answered: the turn now ends later."""
+        self._turn_started = None
 
     def caller_stopped_speaking(self) -> None:
         """speech_stopped (or a commit without one): the turn's latency clock starts."""
@@ -212,6 +225,7 @@ class CallAccounting:
             self._turn_started = None
 
     def barge_in(self) -> None:
+        """The caller interrupted agent audio that had not finished playing."""
         self._metrics.barge_ins_total.labels(self.agent_name).inc()
 
     def finish(self, duration_s: float) -> dict[str, Any]:

@@ -345,7 +345,9 @@ class CallBridge:
         # count as audio the caller heard.
         cut = self._playback.interrupt()
         if self._accounting is not None:
-            self._accounting.barge_in()
+            self._accounting.caller_started_speaking()
+            if cut is not None:
+                self._accounting.barge_in()
         if self._down is not None and self._down_dirty:
             self._down.flush()  # discard: the interrupted speech must not leak into the next response
             self._down_dirty = False

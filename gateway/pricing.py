@@ -96,9 +96,11 @@ DEFAULT_MODELS: dict[str, ModelPrice] = {
     "gpt-realtime-1.5": _m(32, 64, 4, 16, 0.40, 0.40, 5, 0.50),
     # openai.com/api/pricing, gpt-realtime (GA 2025-08-28): same rates as gpt-realtime-1.5
     "gpt-realtime": _m(32, 64, 4, 16, 0.40, 0.40, 5, 0.50),
-    # developers.openai.com/api/docs/models/gpt-realtime-2.1-mini: "same as GPT-Realtime Mini"
-    # (text 0.60/0.06/2.40, audio 10/0.30/20, image 0.80/0.08)
+    # developers.openai.com/api/docs/models/gpt-realtime-2.1-mini quotes these as "same as GPT-Realtime
+    # Mini" (text 0.60/0.06/2.40, audio 10/0.30/20, image 0.80/0.08)
     "gpt-realtime-mini": _m(10, 20, 0.60, 2.40, 0.30, 0.06, 0.80, 0.08),
+    # developers.openai.com/api/docs/models/gpt-realtime-2.1-mini (text 0.60/0.06/2.40, audio
+    # 10/0.30/20, image 0.80/0.08)
     "gpt-realtime-2.1-mini": _m(10, 20, 0.60, 2.40, 0.30, 0.06, 0.80, 0.08),
     # openai.com/api/pricing (preview generation, 2024-12 price cut): audio 40/2.50/80, text 5/2.50/20
     "gpt-4o-realtime-preview": _m(40, 80, 5, 20, 2.50, 2.50),

@@ -60,15 +60,16 @@ async def scripted_call(gw: Gateway) -> tuple[FakeTwilioCall, FakeRealtimeConnec
     await model.transcription_completed(TRANSCRIPTION_USAGE)
     await model.response_created("resp_1")
     await model.audio_delta("resp_1", "item_1", tone_ulaw(100))
-    await model.audio_done("resp_1", "item_1")
-    await model.response_done("resp_1", usage=USAGE_1)
     await call.wait_for("mark")
-    await model.speech_started()
+    await model.speech_started()  # the agent is still talking: a barge-in
     await call.wait_for("clear")
+    await model.audio_done("resp_1", "item_1")
+    await model.response_done("resp_1", status="cancelled", usage=USAGE_1)
     await model.speech_stopped()
     await model.response_created("resp_2")
     await model.audio_delta("resp_2", "item_2", tone_ulaw(100))
-    await model.response_done("resp_2", status="cancelled", usage=USAGE_2)
+    await model.audio_done("resp_2", "item_2")
+    await model.response_done("resp_2", usage=USAGE_2)
     await call.wait_audio(1600)
     return call, model
 
@@ -241,9 +242,9 @@ class TestPrometheus:
             f"scrape_configs:\n  - job_name: gateway\n    static_configs: [{{targets: ['{target}']}}]\n"
         )
         process = await asyncio.create_subprocess_exec(
-            binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+            binary, "--log.level=error", f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             api = f"http://127.0.0.1:{port}"
