@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from gateway.config import AgentConfig
+from gateway.config import AnyAgentConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import TOKEN_KINDS, ModelPrice, PriceTable, TokenKind, TranscriptionPrice
 
@@ -140,7 +140,7 @@ class CallAccounting:
         self,
         *,
         agent_name: str,
-        agent: AgentConfig,
+        agent: AnyAgentConfig,
         carrier: str,
         prices: PriceBook,
         metrics: GatewayMetrics,
@@ -148,6 +148,7 @@ class CallAccounting:
     ) -> None:
         self.agent_name = agent_name
         self.model = agent.resolved_model
+        self.engine = agent.engine
         self.carrier = carrier
         self._transcription_model = agent.input_audio_transcription_model
         self._prices = prices
@@ -230,6 +231,9 @@ class CallAccounting:
 
     def finish(self, duration_s: float) -> dict[str, Any]:
         """Charge telephony, observe the whole-call cost; returns the record for `call.ended`."""
+        engine_minutes = self._prices.table.engine_minutes_cost(self.engine, duration_s)
+        if engine_minutes is not None:
+            self._charge("engine_minutes", engine_minutes)
         telephony = self._prices.table.telephony_cost(self.carrier, duration_s)
         if telephony is None:
             self._prices.unpriced(self.carrier, "telephony minutes")

@@ -15,6 +15,7 @@ with "high" (sinc_medium) and 2.5 ms with "fast" (sinc_fastest). ``flush`` relea
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
@@ -28,7 +29,13 @@ with warnings.catch_warnings():
     import audioop
 
 __all__ = [
+    "ALAW_8K",
+    "PCM_24K",
+    "ULAW_8K",
+    "AudioFormat",
     "CallerToModel",
+    "Converter",
+    "Encoding",
     "ModelToCaller",
     "ResampleQuality",
     "Resampler",
@@ -165,33 +172,77 @@ def _to_pcm16(samples: npt.NDArray[np.float32]) -> bytes:
     return np.clip(scaled, -32768, 32767).astype(_INT16).tobytes()
 
 
-class CallerToModel:
-    """Caller audio: G.711 µ-law at 8 kHz to PCM16 LE at 24 kHz, for one call."""
-
-    def __init__(self, quality: ResampleQuality = "high") -> None:
-        self._resampler = Resampler(TELEPHONY_RATE_HZ, MODEL_RATE_HZ, quality)
-
-    def convert(self, ulaw: bytes) -> bytes:
-        """Convert one µ-law frame of any size; the first call returns ~6 ms less (look-ahead)."""
-        return self._resampler.process(ulaw_to_pcm16(ulaw))
+Encoding = Literal["pcm16", "ulaw", "alaw"]
 
 
-class ModelToCaller:
-    """Model audio: PCM16 LE at 24 kHz to G.711 µ-law at 8 kHz, for one call."""
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """One leg's wire audio: PCM16 LE mono, or G.711 µ-law / A-law, at `rate_hz`."""
 
-    def __init__(self, quality: ResampleQuality = "high") -> None:
-        self._resampler = Resampler(MODEL_RATE_HZ, TELEPHONY_RATE_HZ, quality)
+    encoding: Encoding
+    rate_hz: int
 
-    def convert(self, pcm24: bytes) -> bytes:
-        """Convert one PCM16 chunk of any size, including odd byte counts."""
-        pcm8 = self._resampler.process(pcm24)
-        return pcm16_to_ulaw(pcm8) if pcm8 else b""
+    @property
+    def bytes_per_second(self) -> int:
+        return self.rate_hz * (2 if self.encoding == "pcm16" else 1)
+
+
+ULAW_8K: Final = AudioFormat("ulaw", TELEPHONY_RATE_HZ)
+ALAW_8K: Final = AudioFormat("alaw", TELEPHONY_RATE_HZ)
+PCM_24K: Final = AudioFormat("pcm16", MODEL_RATE_HZ)
+_DECODE: Final = {"ulaw": ulaw_to_pcm16, "alaw": alaw_to_pcm16}
+_ENCODE: Final = {"ulaw": pcm16_to_ulaw, "alaw": pcm16_to_alaw}
+
+
+class Converter:
+    """Audio from one format to another, for one direction of one call: decode G.711, resample
+    (statefully) when the rates differ, encode G.711. Formats that are equal need no converter:
+    callers pass such audio through untouched."""
+
+    def __init__(self, src: AudioFormat, dst: AudioFormat, quality: ResampleQuality = "high") -> None:
+        self.src = src
+        self.dst = dst
+        self._decode = _DECODE.get(src.encoding)
+        self._encode = _ENCODE.get(dst.encoding)
+        self._resampler = Resampler(src.rate_hz, dst.rate_hz, quality) if src.rate_hz != dst.rate_hz else None
+        self._spare = b""  # half a PCM16 sample, when no resampler is there to carry it
+
+    def convert(self, data: bytes) -> bytes:
+        pcm = self._decode(data) if self._decode is not None else data
+        if self._resampler is not None:
+            pcm = self._resampler.process(pcm)
+        elif self._decode is None and self._encode is not None:
+            pcm = self._spare + pcm
+            usable = len(pcm) & ~1
+            pcm, self._spare = pcm[:usable], pcm[usable:]
+        if not pcm:
+            return b""
+        return self._encode(pcm) if self._encode is not None else pcm
 
     def flush(self) -> bytes:
-        """µ-law of the held-back tail; call at the end of every model response.
+        """The resampler's held-back tail (empty when no resampling); call at the end of a response.
 
         Without it the last few ms of each response would be stuck in the filter until the next
         response pushed them out, glued to its start.
         """
-        pcm8 = self._resampler.flush()
-        return pcm16_to_ulaw(pcm8) if pcm8 else b""
+        if self._resampler is None:
+            self._spare = b""
+            return b""
+        pcm = self._resampler.flush()
+        if not pcm:
+            return b""
+        return self._encode(pcm) if self._encode is not None else pcm
+
+
+class CallerToModel(Converter):
+    """Caller audio: G.711 µ-law at 8 kHz to PCM16 LE at 24 kHz, for one call."""
+
+    def __init__(self, quality: ResampleQuality = "high") -> None:
+        super().__init__(ULAW_8K, PCM_24K, quality)
+
+
+class ModelToCaller(Converter):
+    """Model audio: PCM16 LE at 24 kHz to G.711 µ-law at 8 kHz, for one call."""
+
+    def __init__(self, quality: ResampleQuality = "high") -> None:
+        super().__init__(PCM_24K, ULAW_8K, quality)

@@ -19,10 +19,10 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from gateway.accounting import CallAccounting, PriceBook
-from gateway.audio import CallerToModel, ModelToCaller, b64_decoded_len
+from gateway.audio import ALAW_8K, ULAW_8K, AudioFormat, Converter, b64_decoded_len
 from gateway.calls import CallRegistry
 from gateway.carriers.base import Carrier, MarkEcho, Media, StreamStart, StreamStop
-from gateway.config import AgentConfig
+from gateway.config import AnyAgentConfig
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
@@ -59,6 +59,11 @@ _PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
+def carrier_format(encoding: str) -> AudioFormat:
+    """The G.711 law a carrier's `start` frame announces (Twilio `audio/x-mulaw`, Telnyx `PCMU`/`PCMA`)."""
+    return ALAW_8K if encoding.upper() in ("PCMA", "AUDIO/X-ALAW", "G711_ALAW") else ULAW_8K
+
+
 class CallBridge:
     def __init__(
         self,
@@ -67,7 +72,7 @@ class CallBridge:
         ws: web.WebSocketResponse,
         start: StreamStart,
         agent_name: str,
-        agent: AgentConfig,
+        agent: AnyAgentConfig,
         engines: EngineFactory,
         registry: CallRegistry,
         metrics: GatewayMetrics,
@@ -86,12 +91,13 @@ class CallBridge:
         self._prices = prices
         self._accounting: CallAccounting | None = None
         self._session: EngineSession | None = None
-        transcode = agent.audio == "pcm24k"
-        # One converter per direction per call, stateful for the call's whole life (STYLE rule 4).
-        self._up = CallerToModel(agent.resample_quality) if transcode else None
-        self._down = ModelToCaller(agent.resample_quality) if transcode else None
+        self._carrier_format = carrier_format(start.encoding)
+        # Built once the engine session knows its formats; None means passthrough. One converter per
+        # direction per call, stateful for the call's whole life (STYLE rule 4).
+        self._up: Converter | None = None
+        self._down: Converter | None = None
         self._down_dirty = False
-        self._playback = PlaybackTracker(model_bytes_per_ms=48 if transcode else 8)
+        self._playback = PlaybackTracker()
         self._interrupted: set[str] = set()
         self.bytes_from_caller = 0
         self.bytes_to_caller = 0
@@ -133,7 +139,7 @@ class CallBridge:
                 metrics=self._metrics,
             )
             self._metrics.calls_active.labels(**labels).inc()
-            log.info("call.started", carrier=self._carrier.name, audio=self._agent.audio)
+            log.info("call.started", carrier=self._carrier.name, codec=self._carrier_format.encoding)
             reason: EndReason = "error"
             try:
                 reason = await self._bridge()
@@ -167,7 +173,7 @@ class CallBridge:
 
     async def _bridge(self) -> EndReason:
         try:
-            self._session = await self._engines.open(self._agent, self.call_id)
+            self._session = await self._engines.open(self._agent, self.call_id, self._carrier_format)
         except EngineError as exc:
             log.error("engine.connect_failed", error=str(exc), retryable=exc.retryable)
             self._metrics.engine_errors_total.labels(self._agent.engine, "connect_failed").inc()
@@ -175,6 +181,7 @@ class CallBridge:
         tasks: set[asyncio.Task[EndReason]] = set()
         try:
             await self._session.start()
+            self._negotiate(self._session)
             tasks = {
                 asyncio.create_task(self._uplink(self._session), name=f"call:{self.call_id}:uplink"),
                 asyncio.create_task(self._downlink(self._session), name=f"call:{self.call_id}:downlink"),
@@ -193,6 +200,22 @@ class CallBridge:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _negotiate(self, session: EngineSession) -> None:
+        """Set up conversion for the formats the session settled on (passthrough where they match)."""
+        quality = self._agent.resample_quality
+        carrier = self._carrier_format
+        if session.input_format != carrier:
+            self._up = Converter(carrier, session.input_format, quality)
+        if session.output_format != carrier:
+            self._down = Converter(session.output_format, carrier, quality)
+        self._playback = PlaybackTracker(model_bytes_per_ms=session.output_format.bytes_per_second / 1000)
+        log.info(
+            "engine.audio",
+            to_model=f"{session.input_format.encoding}/{session.input_format.rate_hz}",
+            from_model=f"{session.output_format.encoding}/{session.output_format.rate_hz}",
+            transcoding=self._up is not None or self._down is not None,
+        )
 
     @staticmethod
     def _outcome(task: asyncio.Task[EndReason]) -> EndReason:
@@ -252,16 +275,16 @@ class CallBridge:
             await session.send_audio(payload_b64)
             return
         try:
-            ulaw = base64.b64decode(payload_b64, validate=True)
+            caller_audio = base64.b64decode(payload_b64, validate=True)
         except binascii.Error:
             log.warning("carrier.bad_frame", error="media payload is not base64")
             return
-        self.bytes_from_caller += len(ulaw)
+        self.bytes_from_caller += len(caller_audio)
         cpu = time.thread_time()
-        pcm = self._up.convert(ulaw)
+        model_audio = self._up.convert(caller_audio)
         self._cpu_up.inc(time.thread_time() - cpu)
-        if pcm:
-            await session.send_audio(base64.b64encode(pcm).decode("ascii"))
+        if model_audio:
+            await session.send_audio(base64.b64encode(model_audio).decode("ascii"))
 
     # -- model → caller ---------------------------------------------------------------------------
 
@@ -312,17 +335,19 @@ class CallBridge:
             await self._send_audio(event.item_id, event.audio_b64, nbytes)
             return
         try:
-            pcm = base64.b64decode(event.audio_b64, validate=True)
+            model_audio = base64.b64decode(event.audio_b64, validate=True)
         except binascii.Error:
             log.warning("engine.bad_frame", error="audio delta is not base64")
             return
-        self._playback.received(event.item_id, len(pcm))
+        self._playback.received(event.item_id, len(model_audio))
         cpu = time.thread_time()
-        ulaw = self._down.convert(pcm)
+        caller_audio = self._down.convert(model_audio)
         self._cpu_down.inc(time.thread_time() - cpu)
         self._down_dirty = True
-        if ulaw:
-            await self._send_audio(event.item_id, base64.b64encode(ulaw).decode("ascii"), len(ulaw))
+        if caller_audio:
+            await self._send_audio(
+                event.item_id, base64.b64encode(caller_audio).decode("ascii"), len(caller_audio)
+            )
 
     async def _send_audio(self, item_id: str, payload_b64: str, nbytes: int) -> None:
         await self._ws.send_str(self._codec.media(payload_b64))

@@ -1,8 +1,7 @@
-"""The YAML schema and its loader.
+"""Loading the YAML config: ${ENV} interpolation, validation against gateway.schema, and problems.
 
-Every section is a pydantic model with `extra="forbid"`: a typo in an operator's file must be an error,
-not a silently ignored key. Loading collects *every* problem, each prefixed with its YAML path, so one
-run of `gateway check` shows the operator everything to fix.
+Loading collects *every* problem, each prefixed with its YAML path, so one run of `gateway check`
+shows the operator everything to fix. The schema's names are re-exported here for convenience.
 """
 
 from __future__ import annotations
@@ -10,137 +9,60 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import ValidationError
 
 from gateway.errors import ConfigError
-from gateway.pricing import PricingConfig
+from gateway.schema import (
+    AGENT_UNION_TAGS,
+    DEFAULT_MODELS,
+    E164,
+    AgentConfig,
+    AnyAgentConfig,
+    AudioMode,
+    CarriersConfig,
+    ElevenLabsAgentConfig,
+    ElevenLabsConfig,
+    Engine,
+    GatewayConfig,
+    OpenAIAgentConfig,
+    OpenAIConfig,
+    ProvidersConfig,
+    ReasoningEffort,
+    SemanticVad,
+    ServerConfig,
+    ServerVad,
+    TelnyxConfig,
+    TurnDetection,
+    TwilioConfig,
+)
 
-Engine = Literal["openai_realtime", "openai_realtime_2"]
-AudioMode = Literal["pcm24k", "g711"]
-ReasoningEffort = Literal["minimal", "low", "medium", "high"]
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-
-DEFAULT_MODELS: dict[str, str] = {
-    "openai_realtime": "gpt-realtime-mini",
-    "openai_realtime_2": "gpt-realtime-2",
-}
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Section):
-    # Binding every interface is what a container needs; operators narrow it with `host:`.
-    host: str = "0.0.0.0"  # noqa: S104
-    port: int = Field(8080, ge=1, le=65535)
-    public_url: str
-    drain_timeout_s: float = Field(30.0, ge=0)
-    max_concurrent_calls: int = Field(200, ge=1)
-    admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
-
-    @field_validator("public_url")
-    @classmethod
-    def _public_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://gw.example.com")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query string or fragment")
-        # urlsplit lowercases the scheme; keep that spelling so HTTPS:// still gives a wss:// media URL.
-        return (parts.scheme + value[len(parts.scheme) :]).rstrip("/")
-
-    @property
-    def media_base_url(self) -> str:
-        """The ws(s):// origin carriers open media sockets on: wss for https, ws for plain http."""
-        scheme = "wss" if self.public_url.startswith("https://") else "ws"
-        return scheme + self.public_url[self.public_url.index("://") :]
-
-
-class TwilioConfig(_Section):
-    account_sid: str = Field(min_length=1)
-    auth_token: SecretStr
-    verify_signatures: bool = True
-    api_base_url: str = "https://api.twilio.com"
-
-    @field_validator("auth_token")
-    @classmethod
-    def _token_present(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("must not be empty")
-        return value
-
-
-class CarriersConfig(_Section):
-    twilio: TwilioConfig | None = None
-
-
-class OpenAIConfig(_Section):
-    api_key: SecretStr
-    realtime_url: str = "wss://api.openai.com/v1/realtime"
-
-    @field_validator("realtime_url")
-    @classmethod
-    def _ws_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("ws", "wss"):
-            raise ValueError("must be a ws:// or wss:// URL")
-        return value
-
-
-class ProvidersConfig(_Section):
-    openai: OpenAIConfig | None = None
-
-
-class ServerVad(_Section):
-    type: Literal["server_vad"]
-    threshold: float = Field(0.5, ge=0, le=1)
-    prefix_padding_ms: int = Field(300, ge=0)
-    silence_duration_ms: int = Field(500, ge=0)
-
-
-class SemanticVad(_Section):
-    type: Literal["semantic_vad"]
-    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-
-
-TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
-
-
-class AgentConfig(_Section):
-    engine: Engine
-    model: str | None = None
-    voice: str = "alloy"
-    reasoning_effort: ReasoningEffort | None = None
-    prompt: str = ""
-    first_message: str | None = None
-    input_audio_transcription_model: str | None = "whisper-1"
-    audio: AudioMode = "pcm24k"
-    resample_quality: Literal["high", "fast"] = "high"
-    turn_detection: TurnDetection = Field(default_factory=lambda: ServerVad(type="server_vad"))
-    max_call_duration_s: float = Field(1800.0, gt=0)
-
-    @property
-    def resolved_model(self) -> str:
-        return self.model or DEFAULT_MODELS[self.engine]
-
-
-class GatewayConfig(_Section):
-    server: ServerConfig
-    carriers: CarriersConfig = CarriersConfig()
-    providers: ProvidersConfig = ProvidersConfig()
-    agents: dict[str, AgentConfig] = Field(min_length=1)
-    routes: dict[str, str] = Field(default_factory=dict)
-    default_agent: str | None = None
-    pricing: PricingConfig = Field(default_factory=PricingConfig)
-
-    def agent_for(self, called_number: str) -> str | None:
-        """The agent that answers calls to `called_number`: its route, else the default, else None."""
-        return self.routes.get(called_number, self.default_agent)
-
+__all__ = [
+    "DEFAULT_MODELS",
+    "E164",
+    "AgentConfig",
+    "AnyAgentConfig",
+    "AudioMode",
+    "CarriersConfig",
+    "ElevenLabsAgentConfig",
+    "ElevenLabsConfig",
+    "Engine",
+    "GatewayConfig",
+    "OpenAIAgentConfig",
+    "OpenAIConfig",
+    "ProvidersConfig",
+    "ReasoningEffort",
+    "SemanticVad",
+    "ServerConfig",
+    "ServerVad",
+    "TelnyxConfig",
+    "TurnDetection",
+    "TwilioConfig",
+    "load_config",
+    "parse_config",
+]
 
 # ${VAR} or ${VAR:-default}; "$${" escapes a literal "${".
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -181,7 +103,9 @@ def _yaml_path(loc: tuple[int | str, ...], data: Any) -> str:
     parts: list[str] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
+        if part in AGENT_UNION_TAGS and not (isinstance(node, dict) and part in node):
+            continue
+        if isinstance(node, dict) and part not in node and part == node.get("type"):
             continue
         parts.append(str(part))
         node = node.get(part) if isinstance(node, dict) else None
@@ -198,11 +122,13 @@ def _describe(error: Any) -> str:
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ").replace("'", "")
         return f"must be one of {expected}"
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        # Named as the YAML key that selects the variant: `engine` for agents, `type` elsewhere.
+        tag = str(ctx.get("discriminator", "type")).strip("'")
+        if kind == "union_tag_not_found":
+            return f"{tag}: required"
         expected = str(ctx.get("expected_tags", "")).replace("'", "")
-        return f"type must be one of {expected}"
-    if kind == "union_tag_not_found":
-        return "type: required"
+        return f"{tag}: must be one of {expected}" if tag != "type" else f"type must be one of {expected}"
     simple = {
         "int_parsing": "must be a whole number",
         "int_type": "must be a whole number",
@@ -254,8 +180,20 @@ def _cross_checks(data: dict[str, Any]) -> list[str]:
     default_agent = data.get("default_agent")
     if isinstance(agents, dict) and isinstance(default_agent, str) and default_agent not in agents:
         problems.append(f"default_agent: no agent named {default_agent!r} under agents")
-    if _mapping(data.get("carriers")).get("twilio") is None:
-        problems.append("carriers: at least one carrier must be configured (carriers.twilio)")
+    carriers = _mapping(data.get("carriers"))
+    if carriers.get("twilio") is None and carriers.get("telnyx") is None:
+        problems.append(
+            "carriers: at least one carrier must be configured (carriers.twilio or carriers.telnyx)"
+        )
+    elevenlabs_agents = [
+        str(name)
+        for name, agent in _mapping(agents).items()
+        if _mapping(agent).get("engine") == "elevenlabs_convai"
+    ]
+    if elevenlabs_agents and _mapping(data.get("providers")).get("elevenlabs") is None:
+        problems.append(
+            f"providers.elevenlabs: required by the ElevenLabs agents ({', '.join(elevenlabs_agents)})"
+        )
     openai_agents = [
         str(name)
         for name, agent in _mapping(agents).items()
@@ -291,8 +229,11 @@ def parse_config(raw: object, env: dict[str, str] | None = None) -> GatewayConfi
     except ValidationError as exc:
         for error in exc.errors():
             path = _yaml_path(error["loc"], data)
+            message = _describe(error)
+            if message.startswith("engine: "):  # an agent's variant is chosen by its engine key
+                path, message = f"{path}.engine", message.removeprefix("engine: ")
             if path not in reported:
-                problems.append(f"{path}: {_describe(error)}")
+                problems.append(f"{path}: {message}")
     problems += [p for p in _cross_checks(data) if p.split(": ", 1)[0] not in reported]
     if problems or config is None:
         raise ConfigError(problems)

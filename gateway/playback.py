@@ -18,17 +18,17 @@ class _Item:
     sent_bytes: int = 0  # carrier-side (8 kHz G.711) bytes written to the media socket
     played_bytes: int = 0  # of those, confirmed played by a mark echo
     model_bytes: int = 0  # bytes the model sent for this item, in its own format
-    model_bytes_per_ms: int = CARRIER_BYTES_PER_MS
+    model_bytes_per_ms: float = CARRIER_BYTES_PER_MS
     done: bool = False  # the model finished this item's audio
 
     @property
     def model_ms(self) -> int:
-        return self.model_bytes // self.model_bytes_per_ms
+        return int(self.model_bytes // self.model_bytes_per_ms)
 
 
 @dataclass(slots=True)
 class PlaybackTracker:
-    model_bytes_per_ms: int = CARRIER_BYTES_PER_MS
+    model_bytes_per_ms: float = CARRIER_BYTES_PER_MS
     current_item: str | None = None
     _items: dict[str, _Item] = field(default_factory=dict)
     _marks: dict[str, tuple[str, int]] = field(default_factory=dict)

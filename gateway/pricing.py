@@ -127,12 +127,27 @@ DEFAULT_TELEPHONY: dict[str, TelephonyPrice] = {
 }
 
 
+class EnginePrice(_Price):
+    """Engines billed by connection time rather than tokens."""
+
+    per_minute: float = Field(ge=0)
+
+
+DEFAULT_ENGINES: dict[str, EnginePrice] = {
+    # help.elevenlabs.io "How much does ElevenLabs Agents cost?": extra agent minutes cost 400 credits
+    # on Creator, and credits beyond the plan are $0.30 per 1,000 → $0.12 per minute. LLM usage is
+    # passed through separately and not included; Business plans pay less per minute.
+    "elevenlabs_convai": EnginePrice(per_minute=0.12),
+}
+
+
 class PricingConfig(_Price):
     """The YAML `pricing:` section: each entry replaces (or adds) the default of that name."""
 
     models: dict[str, ModelPrice] = Field(default_factory=dict)
     transcription: dict[str, TranscriptionPrice] = Field(default_factory=dict)
     telephony: dict[str, TelephonyPrice] = Field(default_factory=dict)
+    engines: dict[str, EnginePrice] = Field(default_factory=dict)
 
 
 def resolve(name: str, table: Mapping[str, object]) -> str | None:
@@ -150,6 +165,7 @@ class PriceTable:
     models: dict[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_MODELS))
     transcription: dict[str, TranscriptionPrice] = field(default_factory=lambda: dict(DEFAULT_TRANSCRIPTION))
     telephony: dict[str, TelephonyPrice] = field(default_factory=lambda: dict(DEFAULT_TELEPHONY))
+    engines: dict[str, EnginePrice] = field(default_factory=lambda: dict(DEFAULT_ENGINES))
 
     @classmethod
     def from_config(cls, config: PricingConfig | None) -> PriceTable:
@@ -159,6 +175,7 @@ class PriceTable:
             models={**DEFAULT_MODELS, **config.models},
             transcription={**DEFAULT_TRANSCRIPTION, **config.transcription},
             telephony={**DEFAULT_TELEPHONY, **config.telephony},
+            engines={**DEFAULT_ENGINES, **config.engines},
         )
 
     def model(self, name: str) -> ModelPrice | None:
@@ -168,6 +185,11 @@ class PriceTable:
     def transcription_price(self, name: str) -> TranscriptionPrice | None:
         key = resolve(name, self.transcription)
         return None if key is None else self.transcription[key]
+
+    def engine_minutes_cost(self, engine: str, duration_s: float) -> float | None:
+        """What a per-minute engine bills for `duration_s` of connection; None if it is not one."""
+        price = self.engines.get(engine)
+        return None if price is None else duration_s / 60 * price.per_minute
 
     def telephony_cost(self, carrier: str, duration_s: float) -> float | None:
         """What the carrier bills for a call of `duration_s`; None when the carrier has no price."""

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.config import (
-    AgentConfig,
     GatewayConfig,
+    OpenAIAgentConfig,
     SemanticVad,
     ServerVad,
     _interpolate,
@@ -106,10 +106,10 @@ class TestUnknownKeys:
     def test_unknown_carrier(self) -> None:
         """An unknown carrier (and no twilio) reports both the unknown key and the missing carrier."""
         raw = minimal()
-        raw["carriers"] = {"telnyx": {"api_key": "x"}}
+        raw["carriers"] = {"vonage": {"api_key": "x"}}
         assert problems_of(raw) == [
-            "carriers.telnyx: unknown key",
-            "carriers: at least one carrier must be configured (carriers.twilio)",
+            "carriers.vonage: unknown key",
+            "carriers: at least one carrier must be configured (carriers.twilio or carriers.telnyx)",
         ]
 
 
@@ -117,7 +117,11 @@ class TestLiteralChoices:
     @pytest.mark.parametrize(
         ("field", "value", "expected"),
         [
-            ("engine", "gpt4", "agents.sales.engine: must be one of openai_realtime, openai_realtime_2"),
+            (
+                "engine",
+                "gpt4",
+                "agents.sales.engine: must be one of openai_realtime, openai_realtime_2, elevenlabs_convai",
+            ),
             (
                 "reasoning_effort",
                 "max",
@@ -294,7 +298,9 @@ class TestRequiredKeys:
         """Without any carrier no call can arrive, so it is an error."""
         raw = minimal()
         del raw["carriers"]
-        assert problems_of(raw) == ["carriers: at least one carrier must be configured (carriers.twilio)"]
+        assert problems_of(raw) == [
+            "carriers: at least one carrier must be configured (carriers.twilio or carriers.telnyx)"
+        ]
 
     @pytest.mark.parametrize("raw", [None, [], "server: x", 42])
     def test_document_not_a_mapping(self, raw: object) -> None:
@@ -573,7 +579,7 @@ class TestAgentDefaults:
         agent = parse_config(minimal(), {}).agents["sales"]
         with pytest.raises(ValueError, match="frozen"):
             agent.voice = "marin"  # type: ignore[misc]
-        assert isinstance(agent, AgentConfig)
+        assert isinstance(agent, OpenAIAgentConfig)
 
 
 class TestInterpolation:
@@ -737,7 +743,7 @@ class TestSecrets:
             "carriers.twilio.verify_signatures: must be true or false",
             "providers.openai.api_key: must be a string",
             "providers.openai.realtime_url: must be a ws:// or wss:// URL",
-            "agents.sales.engine: must be one of openai_realtime, openai_realtime_2",
+            "agents.sales.engine: must be one of openai_realtime, openai_realtime_2, elevenlabs_convai",
             "agents.sales.reasoning_effort: must be one of minimal, low, medium, high",
             "agents.sales.turn_detection: type must be one of server_vad, semantic_vad",
             "agents.sales.max_call_duration_s: must be a number",
@@ -781,7 +787,7 @@ class TestAllProblemsTogether:
             "routes.+15555550100: no agent named 'ghost' under agents",
             'routes.5555550101: must be an E.164 number such as "+15555550100" (quoted)',
             "default_agent: no agent named 'nobody' under agents",
-            "carriers: at least one carrier must be configured (carriers.twilio)",
+            "carriers: at least one carrier must be configured (carriers.twilio or carriers.telnyx)",
         ]
 
     def test_same_field_in_several_agents(self) -> None:

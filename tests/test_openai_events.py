@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import AgentConfig
+from gateway.audio import ALAW_8K, PCM_24K, ULAW_8K, AudioFormat
+from gateway.config import OpenAIAgentConfig as AgentConfig
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
@@ -51,24 +52,30 @@ def agent(engine: str, **fields: Any) -> AgentConfig:
 
 
 class TestSessionUpdate:
+    @pytest.mark.parametrize("fmt", [ULAW_8K, ALAW_8K])
     @pytest.mark.parametrize("fields", AGENT_VARIANTS)
-    def test_ga_session_update_validates_with_no_extra_keys(self, fields: dict[str, Any]) -> None:
+    def test_ga_session_update_validates_with_no_extra_keys(
+        self, fields: dict[str, Any], fmt: AudioFormat
+    ) -> None:
         """Every GA session.update the gateway can build is a valid SessionUpdateEvent with no extras."""
         a = agent("openai_realtime_2", **fields)
-        event = GADialect.session_update(a, "pcm24k" if a.audio == "pcm24k" else "ulaw")
+        event = GADialect.session_update(a, PCM_24K if a.audio == "pcm24k" else fmt)
         assert validate_client_event(event, "ga") == []
 
+    @pytest.mark.parametrize("fmt", [ULAW_8K, ALAW_8K])
     @pytest.mark.parametrize("fields", AGENT_VARIANTS)
-    def test_beta_session_update_validates_with_no_extra_keys(self, fields: dict[str, Any]) -> None:
+    def test_beta_session_update_validates_with_no_extra_keys(
+        self, fields: dict[str, Any], fmt: AudioFormat
+    ) -> None:
         """Every beta session.update the gateway can build is a valid beta SessionUpdateEvent."""
         a = agent("openai_realtime", **fields)
-        event = BetaDialect.session_update(a, "pcm24k" if a.audio == "pcm24k" else "ulaw")
+        event = BetaDialect.session_update(a, PCM_24K if a.audio == "pcm24k" else fmt)
         assert validate_client_event(event, "beta") == []
 
     def test_ga_shape(self) -> None:
         """GA: session.type realtime, model, MIME formats (no rate on pcmu), voice under audio.output."""
         a = agent("openai_realtime_2", voice="marin", reasoning_effort="low", audio="g711")
-        session = GADialect.session_update(a, "ulaw")["session"]
+        session = GADialect.session_update(a, ULAW_8K)["session"]
         assert session["type"] == "realtime"
         assert session["model"] == "gpt-realtime-2"
         assert session["output_modalities"] == ["audio"]
@@ -78,24 +85,31 @@ class TestSessionUpdate:
         assert session["audio"]["input"]["transcription"] == {"model": "whisper-1"}
         assert "temperature" not in session
 
+    def test_alaw_leg_is_declared_as_pcma_and_g711_alaw(self) -> None:
+        """g711 mode on an A-law call: GA audio/pcma (no rate), beta g711_alaw, both directions."""
+        ga = GADialect.session_update(agent("openai_realtime_2", audio="g711"), ALAW_8K)["session"]
+        assert ga["audio"]["input"]["format"] == ga["audio"]["output"]["format"] == {"type": "audio/pcma"}
+        beta = BetaDialect.session_update(agent("openai_realtime", audio="g711"), ALAW_8K)["session"]
+        assert beta["input_audio_format"] == beta["output_audio_format"] == "g711_alaw"
+
     def test_ga_pcm_is_24k(self) -> None:
         """GA pcm24k declares audio/pcm at exactly 24000 Hz both ways."""
-        session = GADialect.session_update(agent("openai_realtime_2"), "pcm24k")["session"]
+        session = GADialect.session_update(agent("openai_realtime_2"), PCM_24K)["session"]
         assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
         assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
 
     def test_reasoning_effort_omitted_when_unset(self) -> None:
         """Without reasoning_effort in YAML, no `reasoning` key is sent at all."""
-        session = GADialect.session_update(agent("openai_realtime_2"), "pcm24k")["session"]
+        session = GADialect.session_update(agent("openai_realtime_2"), PCM_24K)["session"]
         assert "reasoning" not in session
 
     def test_transcription_null_disables_it(self) -> None:
         """input_audio_transcription_model: null sends no transcription config in either dialect."""
         ga = GADialect.session_update(
-            agent("openai_realtime_2", input_audio_transcription_model=None), "ulaw"
+            agent("openai_realtime_2", input_audio_transcription_model=None), ULAW_8K
         )
         beta = BetaDialect.session_update(
-            agent("openai_realtime", input_audio_transcription_model=None), "ulaw"
+            agent("openai_realtime", input_audio_transcription_model=None), ULAW_8K
         )
         assert "transcription" not in ga["session"]["audio"]["input"]
         assert "input_audio_transcription" not in beta["session"]
@@ -103,7 +117,7 @@ class TestSessionUpdate:
     def test_beta_shape(self) -> None:
         """Beta: flat modalities, formats, voice, turn detection; never reasoning (beta has no such field)."""
         a = agent("openai_realtime", voice="verse", reasoning_effort="high", prompt="Hi")
-        session = BetaDialect.session_update(a, "pcm24k")["session"]
+        session = BetaDialect.session_update(a, PCM_24K)["session"]
         assert session["modalities"] == ["audio", "text"]
         assert session["input_audio_format"] == session["output_audio_format"] == "pcm16"
         assert session["voice"] == "verse"
@@ -116,7 +130,7 @@ class TestSessionUpdate:
     def test_turn_detection_keeps_server_in_charge_of_turns(self) -> None:
         """Turn detection asks the server to answer turns and to stop talking when interrupted."""
         a = agent("openai_realtime_2", turn_detection={"type": "semantic_vad", "eagerness": "low"})
-        td = GADialect.session_update(a, "ulaw")["session"]["audio"]["input"]["turn_detection"]
+        td = GADialect.session_update(a, ULAW_8K)["session"]["audio"]["input"]["turn_detection"]
         assert td == {
             "type": "semantic_vad",
             "eagerness": "low",

@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 
 import gateway.pricing
 from gateway.accounting import CallAccounting, PriceBook, _split, token_counts, transcription_cost
-from gateway.config import AgentConfig, parse_config
+from gateway.config import OpenAIAgentConfig as AgentConfig
+from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import (

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from gateway.config import AgentConfig
-
-# What the model hears and speaks: PCM16 LE mono 24 kHz, or G.711 µ-law 8 kHz.
-ModelAudioFormat = Literal["pcm24k", "ulaw"]
+from gateway.audio import AudioFormat
+from gateway.config import AnyAgentConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +95,17 @@ EngineEvent = (
 
 
 class EngineSession(Protocol):
-    """One call's conversation with a model. `events()` ends when the model socket closes."""
+    """One call's conversation with a model. `events()` ends when the model socket closes.
 
-    audio_format: ModelAudioFormat
+    `input_format` (what `send_audio` takes) and `output_format` (what `AudioDelta` carries) are
+    known once `start()` has returned: some engines learn them from the server.
+    """
+
+    input_format: AudioFormat
+    output_format: AudioFormat
 
     async def start(self) -> None:
-        """Configure the session (and speak the agent's first message, if any)."""
+        """Configure the session (and have the agent's first message spoken, if any)."""
 
     async def send_audio(self, audio_b64: str) -> None: ...
 
@@ -118,5 +121,8 @@ class EngineSession(Protocol):
 
 
 class EngineFactory(Protocol):
-    async def open(self, agent: AgentConfig, call_id: str) -> EngineSession:
-        """Connect to the model for one call. Raises EngineError when the model cannot be reached."""
+    async def open(self, agent: AnyAgentConfig, call_id: str, carrier_format: AudioFormat) -> EngineSession:
+        """Connect to the model for one call whose caller audio is `carrier_format`.
+
+        Raises EngineError when the model cannot be reached.
+        """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from gateway.config import AgentConfig, ProvidersConfig
+from gateway.audio import AudioFormat
+from gateway.config import AnyAgentConfig, OpenAIAgentConfig, ProvidersConfig
 from gateway.engines.base import EngineSession
+from gateway.engines.elevenlabs import ElevenLabsEngine
 from gateway.engines.openai_realtime import OpenAIRealtimeEngine
 from gateway.errors import EngineError
 
@@ -15,10 +17,13 @@ class Engines:
 
     def __init__(self, providers: ProvidersConfig, http: aiohttp.ClientSession) -> None:
         self._openai = OpenAIRealtimeEngine(providers.openai, http) if providers.openai else None
+        self._elevenlabs = ElevenLabsEngine(providers.elevenlabs, http) if providers.elevenlabs else None
 
-    async def open(self, agent: AgentConfig, call_id: str) -> EngineSession:
-        if agent.engine in ("openai_realtime", "openai_realtime_2"):
+    async def open(self, agent: AnyAgentConfig, call_id: str, carrier_format: AudioFormat) -> EngineSession:
+        if isinstance(agent, OpenAIAgentConfig):
             if self._openai is None:
                 raise EngineError("providers.openai is not configured")
-            return await self._openai.open(agent, call_id)
-        raise EngineError(f"unknown engine {agent.engine}")
+            return await self._openai.open(agent, call_id, carrier_format)
+        if self._elevenlabs is None:
+            raise EngineError("providers.elevenlabs is not configured")
+        return await self._elevenlabs.open(agent, call_id, carrier_format)

@@ -17,14 +17,14 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from gateway.config import AgentConfig, OpenAIConfig, SemanticVad
+from gateway.audio import PCM_24K, AudioFormat
+from gateway.config import OpenAIAgentConfig, OpenAIConfig, SemanticVad
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
     EngineEvent,
     EngineFailure,
     InputCommitted,
-    ModelAudioFormat,
     ResponseDone,
     ResponseStarted,
     SpeechStarted,
@@ -49,7 +49,7 @@ def first_message_instructions(text: str) -> str:
     return f"Greet the caller by saying exactly the following, word for word, and nothing else: {text}"
 
 
-def _turn_detection(agent: AgentConfig) -> dict[str, Any]:
+def _turn_detection(agent: OpenAIAgentConfig) -> dict[str, Any]:
     td = agent.turn_detection
     shape: dict[str, Any] = td.model_dump()
     if isinstance(td, SemanticVad):
@@ -66,8 +66,8 @@ class BetaDialect:
     headers: ClassVar[dict[str, str]] = {"OpenAI-Beta": "realtime=v1"}
 
     @staticmethod
-    def session_update(agent: AgentConfig, fmt: ModelAudioFormat) -> dict[str, Any]:
-        wire_format = "pcm16" if fmt == "pcm24k" else "g711_ulaw"
+    def session_update(agent: OpenAIAgentConfig, fmt: AudioFormat) -> dict[str, Any]:
+        wire_format = {"pcm16": "pcm16", "ulaw": "g711_ulaw", "alaw": "g711_alaw"}[fmt.encoding]
         session: dict[str, Any] = {
             "modalities": ["audio", "text"],
             "voice": agent.voice,
@@ -89,9 +89,14 @@ class GADialect:
     headers: ClassVar[dict[str, str]] = {}
 
     @staticmethod
-    def session_update(agent: AgentConfig, fmt: ModelAudioFormat) -> dict[str, Any]:
-        # pcmu carries no rate: the server rejects it as an unknown parameter (§F gotchas).
-        wire_format = {"type": "audio/pcm", "rate": 24000} if fmt == "pcm24k" else {"type": "audio/pcmu"}
+    def session_update(agent: OpenAIAgentConfig, fmt: AudioFormat) -> dict[str, Any]:
+        # pcmu/pcma carry no rate: the server rejects it as an unknown parameter (§F gotchas).
+        formats: dict[str, dict[str, Any]] = {
+            "pcm16": {"type": "audio/pcm", "rate": 24000},
+            "ulaw": {"type": "audio/pcmu"},
+            "alaw": {"type": "audio/pcma"},
+        }
+        wire_format = formats[fmt.encoding]
         audio_in: dict[str, Any] = {"format": wire_format, "turn_detection": _turn_detection(agent)}
         if agent.input_audio_transcription_model:
             audio_in["transcription"] = {"model": agent.input_audio_transcription_model}
@@ -162,11 +167,18 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
 class OpenAIRealtimeSession:
     """One call's model socket. Not shared between calls."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, dialect: Dialect, agent: AgentConfig) -> None:
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        dialect: Dialect,
+        agent: OpenAIAgentConfig,
+        carrier_format: AudioFormat,
+    ) -> None:
         self._ws = ws
         self._dialect = dialect
         self._agent = agent
-        self.audio_format: ModelAudioFormat = "pcm24k" if agent.audio == "pcm24k" else "ulaw"
+        # g711 mode: the model hears and speaks the carrier's own G.711 law, so nothing is transcoded.
+        self.input_format = self.output_format = PCM_24K if agent.audio == "pcm24k" else carrier_format
         self._response_active = False
         # Appends are the hot path: only the payload changes, so the rest is serialised once.
         self._append_prefix = '{"type":"input_audio_buffer.append","audio":"'
@@ -182,7 +194,7 @@ class OpenAIRealtimeSession:
         await self._send_text(json.dumps(event))
 
     async def start(self) -> None:
-        await self._send(self._dialect.session_update(self._agent, self.audio_format))
+        await self._send(self._dialect.session_update(self._agent, self.input_format))
         if self._agent.first_message:
             await self._send(
                 {
@@ -241,7 +253,9 @@ class OpenAIRealtimeEngine:
         self._config = config
         self._http = http
 
-    async def open(self, agent: AgentConfig, call_id: str) -> OpenAIRealtimeSession:
+    async def open(
+        self, agent: OpenAIAgentConfig, call_id: str, carrier_format: AudioFormat
+    ) -> OpenAIRealtimeSession:
         dialect = DIALECTS[agent.engine]
         url = URL(self._config.realtime_url).update_query(model=agent.resolved_model)
         headers = {"Authorization": f"Bearer {self._config.api_key.get_secret_value()}", **dialect.headers}
@@ -264,4 +278,4 @@ class OpenAIRealtimeEngine:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineError(f"model socket unreachable: {type(exc).__name__}", retryable=True) from None
         log.info("engine.connected", model=agent.resolved_model, dialect=dialect.engine)
-        return OpenAIRealtimeSession(ws, dialect, agent)
+        return OpenAIRealtimeSession(ws, dialect, agent, carrier_format)

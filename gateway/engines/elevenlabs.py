@@ -1,0 +1,277 @@
+"""ElevenLabs Conversational AI over WebSocket (protocols.md §E).
+
+The agent's audio formats are set on the ElevenLabs agent, not per conversation: the session reads
+them from `conversation_initiation_metadata` and the bridge converts accordingly (`ulaw_8000` both
+ways is passthrough; `pcm_*` at any rate is transcoded). ElevenLabs stops its own speech on barge-in
+and says so with `interruption`; audio from before it (event_id ≤ the interruption's) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from gateway.audio import ULAW_8K, AudioFormat
+from gateway.config import ElevenLabsAgentConfig, ElevenLabsConfig
+from gateway.engines.base import (
+    AudioDelta,
+    AudioDone,
+    EngineEvent,
+    EngineFailure,
+    SpeechStarted,
+    SpeechStopped,
+)
+from gateway.errors import EngineError, ProtocolError
+
+log = structlog.get_logger("gateway.elevenlabs")
+
+CONNECT_TIMEOUT_S = 10.0
+METADATA_TIMEOUT_S = 10.0
+HEARTBEAT_S = 15.0
+# ElevenLabs marks no end of an agent turn in its audio stream; this long without audio ends one
+# (and flushes the outbound resampler, so the last milliseconds are not held back).
+AUDIO_IDLE_FLUSH_S = 0.25
+
+
+def audio_format(name: str) -> AudioFormat:
+    """`ulaw_8000` or `pcm_<rate>` (§E.4) as an AudioFormat."""
+    if name == "ulaw_8000":
+        return ULAW_8K
+    kind, _, rate = name.partition("_")
+    if kind == "pcm" and rate.isdigit():
+        return AudioFormat("pcm16", int(rate))
+    raise EngineError(f"unsupported ElevenLabs audio format {name!r} (set ulaw_8000 or pcm_* on the agent)")
+
+
+def initiation_data(agent: ElevenLabsAgentConfig) -> dict[str, Any]:
+    """`conversation_initiation_client_data` with only the overrides the YAML sets (§E.2)."""
+    agent_override: dict[str, Any] = {}
+    if agent.prompt is not None:
+        agent_override["prompt"] = {"prompt": agent.prompt}
+    if agent.first_message is not None:
+        agent_override["first_message"] = agent.first_message
+    if agent.language is not None:
+        agent_override["language"] = agent.language
+    override: dict[str, Any] = {}
+    if agent_override:
+        override["agent"] = agent_override
+    if agent.voice is not None:
+        override["tts"] = {"voice_id": agent.voice}
+    data: dict[str, Any] = {"type": "conversation_initiation_client_data"}
+    if override:
+        data["conversation_config_override"] = override
+    if agent.dynamic_variables:
+        data["dynamic_variables"] = dict(agent.dynamic_variables)
+    return data
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class ElevenLabsSession:
+    """One call's ElevenLabs conversation. Not shared between calls."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, agent: ElevenLabsAgentConfig) -> None:
+        self._ws = ws
+        self._agent = agent
+        self.input_format = ULAW_8K
+        self.output_format = ULAW_8K
+        self.conversation_id = ""
+        self._early: deque[dict[str, Any]] = deque()  # events that arrived before the metadata
+        self._interrupted_upto = -1
+        self._turn = 0
+        self._audio_open = False
+        self._chunk_prefix = '{"user_audio_chunk":"'
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self._send_text(json.dumps(event))
+
+    async def _send_text(self, text: str) -> None:
+        if self._ws.closed:
+            return
+        with contextlib.suppress(ConnectionResetError):
+            await self._ws.send_str(text)
+
+    async def _receive(self, wait_s: float | None) -> dict[str, Any] | None:
+        """The next JSON event; None when the socket is closed. Raises TimeoutError after `wait_s`."""
+        while True:
+            message = await self._ws.receive(timeout=wait_s)
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return None
+            if message.type == aiohttp.WSMsgType.ERROR:
+                log.warning("engine.socket_error", error=type(self._ws.exception()).__name__)
+                return None
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                event = json.loads(message.data)
+            except ValueError:
+                log.warning("engine.bad_frame", error="not JSON")
+                continue
+            if isinstance(event, dict):
+                return event
+            log.warning("engine.bad_frame", error="not an object")
+
+    async def start(self) -> None:
+        await self._send(initiation_data(self._agent))
+        try:
+            async with asyncio.timeout(METADATA_TIMEOUT_S):
+                while True:
+                    event = await self._receive(None)
+                    if event is None:
+                        code = self._ws.close_code
+                        raise EngineError(
+                            f"ElevenLabs closed the conversation before it started (code {code})"
+                        )
+                    if event.get("type") == "conversation_initiation_metadata":
+                        break
+                    if event.get("type") == "ping":
+                        await self._pong(event)
+                    else:
+                        self._early.append(event)
+        except TimeoutError:
+            raise EngineError("no conversation_initiation_metadata from ElevenLabs", retryable=True) from None
+        metadata = _obj(event.get("conversation_initiation_metadata_event"))
+        self.conversation_id = str(metadata.get("conversation_id", ""))
+        self.input_format = audio_format(str(metadata.get("user_input_audio_format", "pcm_16000")))
+        self.output_format = audio_format(str(metadata.get("agent_output_audio_format", "pcm_16000")))
+        log.info("engine.conversation", conversation_id=self.conversation_id)
+
+    async def _pong(self, event: dict[str, Any]) -> None:
+        event_id = _obj(event.get("ping_event")).get("event_id")
+        await self._send({"type": "pong", "event_id": event_id})
+
+    async def send_audio(self, audio_b64: str) -> None:
+        await self._send_text(self._chunk_prefix + audio_b64 + '"}')
+
+    async def cancel_response(self) -> None:
+        """ElevenLabs stops its own speech on interruption; nothing to send."""
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """ElevenLabs keeps no truncatable items; nothing to send."""
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            if self._early:
+                event: dict[str, Any] | None = self._early.popleft()
+            else:
+                try:
+                    event = await self._receive(AUDIO_IDLE_FLUSH_S if self._audio_open else None)
+                except TimeoutError:
+                    self._audio_open = False
+                    yield AudioDone("", self._item_id)
+                    continue
+            if event is None:
+                break
+            try:
+                mapped = await self._map(event)
+            except (ProtocolError, ValueError, TypeError) as exc:
+                log.warning("engine.bad_frame", error=str(exc)[:200])
+                continue
+            if mapped is not None:
+                yield mapped
+        log.info("engine.closed", close_code=self._ws.close_code)
+
+    @property
+    def _item_id(self) -> str:
+        return f"turn-{self._turn}"
+
+    async def _map(self, event: dict[str, Any]) -> EngineEvent | None:
+        kind = event.get("type")
+        if kind == "audio":
+            audio = _obj(event.get("audio_event"))
+            payload = audio.get("audio_base_64")
+            if not isinstance(payload, str):
+                raise ProtocolError("audio: audio_base_64 is not a string")
+            event_id = audio.get("event_id")
+            if isinstance(event_id, int) and event_id <= self._interrupted_upto:
+                return None  # spoken before the caller interrupted: never play it
+            self._audio_open = True
+            return AudioDelta("", self._item_id, payload)
+        if kind == "interruption":
+            event_id = _obj(event.get("interruption_event")).get("event_id")
+            if isinstance(event_id, int):
+                self._interrupted_upto = max(self._interrupted_upto, event_id)
+            self._turn += 1
+            self._audio_open = False
+            return SpeechStarted("", 0)
+        if kind == "ping":
+            await self._pong(event)
+            return None
+        if kind == "user_transcript":
+            return SpeechStopped("", 0)  # the caller's turn is complete: the latency clock starts
+        if kind == "client_error":
+            message = _obj(event.get("client_error")).get("message") or event.get("message") or "client_error"
+            return EngineFailure("client_error", str(message), fatal=True)
+        return None
+
+    async def aclose(self) -> None:
+        await self._ws.close()
+
+
+class ElevenLabsEngine:
+    """Opens one ElevenLabs conversation per call: signed URL for private agents, public URL otherwise."""
+
+    def __init__(self, config: ElevenLabsConfig, http: aiohttp.ClientSession) -> None:
+        self._config = config
+        self._http = http
+
+    async def _signed_url(self, agent_id: str, api_key: str) -> str:
+        url = URL(self._config.api_base_url.rstrip("/") + "/v1/convai/conversation/get-signed-url")
+        try:
+            async with self._http.get(
+                url.update_query(agent_id=agent_id),
+                headers={"xi-api-key": api_key},
+                timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S),
+            ) as response:
+                if response.status != 200:
+                    raise EngineError(
+                        f"ElevenLabs signed URL refused with HTTP {response.status}",
+                        code=str(response.status),
+                        retryable=response.status >= 500,
+                    )
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise EngineError(
+                f"ElevenLabs signed URL unavailable: {type(exc).__name__}", retryable=True
+            ) from None
+        signed = body.get("signed_url") if isinstance(body, dict) else None
+        if not isinstance(signed, str):
+            raise EngineError("ElevenLabs signed URL response has no signed_url")
+        return signed
+
+    async def open(
+        self, agent: ElevenLabsAgentConfig, call_id: str, carrier_format: AudioFormat
+    ) -> ElevenLabsSession:
+        api_key = self._config.api_key.get_secret_value() if self._config.api_key else None
+        if api_key:
+            # Opened unchanged: the URL carries a short-lived signature (§E.1).
+            url = URL(await self._signed_url(agent.agent_id, api_key), encoded=True)
+        else:
+            url = URL(self._config.ws_url).update_query(agent_id=agent.agent_id)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                ws = await self._http.ws_connect(
+                    url, heartbeat=HEARTBEAT_S, max_msg_size=16 * 1024 * 1024, compress=0
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise EngineError(
+                f"ElevenLabs socket refused with HTTP {exc.status}",
+                code=str(exc.status),
+                retryable=exc.status >= 500,
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineError(
+                f"ElevenLabs socket unreachable: {type(exc).__name__}", retryable=True
+            ) from None
+        log.info("engine.connected", agent_id=agent.agent_id, signed=bool(api_key))
+        return ElevenLabsSession(ws, agent)

@@ -1,0 +1,218 @@
+"""The YAML schema: one pydantic model per section, each with `extra="forbid"` so that a typo in an
+operator's file is an error, not a silently ignored key. Loading and error reporting: gateway.config."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator
+
+from gateway.pricing import PricingConfig
+
+OpenAIEngine = Literal["openai_realtime", "openai_realtime_2"]
+Engine = Literal["openai_realtime", "openai_realtime_2", "elevenlabs_convai"]
+AudioMode = Literal["pcm24k", "g711"]
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+
+DEFAULT_MODELS: dict[str, str] = {
+    "openai_realtime": "gpt-realtime-mini",
+    "openai_realtime_2": "gpt-realtime-2",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    # Binding every interface is what a container needs; operators narrow it with `host:`.
+    host: str = "0.0.0.0"  # noqa: S104
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str
+    drain_timeout_s: float = Field(30.0, ge=0)
+    max_concurrent_calls: int = Field(200, ge=1)
+    admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://gw.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        # urlsplit lowercases the scheme; keep that spelling so HTTPS:// still gives a wss:// media URL.
+        return (parts.scheme + value[len(parts.scheme) :]).rstrip("/")
+
+    @property
+    def media_base_url(self) -> str:
+        """The ws(s):// origin carriers open media sockets on: wss for https, ws for plain http."""
+        scheme = "wss" if self.public_url.startswith("https://") else "ws"
+        return scheme + self.public_url[self.public_url.index("://") :]
+
+
+class TwilioConfig(_Section):
+    account_sid: str = Field(min_length=1)
+    auth_token: SecretStr
+    verify_signatures: bool = True
+    api_base_url: str = "https://api.twilio.com"
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+
+class TelnyxConfig(_Section):
+    api_key: SecretStr
+    public_key: str  # base64 Ed25519 public key from Mission Control (verifies webhook signatures)
+    api_base_url: str = "https://api.telnyx.com"
+    verify_signatures: bool = True
+    webhook_tolerance_s: float = Field(300.0, gt=0)
+    codec: Literal["PCMU", "PCMA"] = "PCMU"  # the media stream's codec, both directions
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519_key(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ValueError("must be the base64 Ed25519 public key from Mission Control") from None
+        if len(raw) != 32:
+            raise ValueError("must be a base64 Ed25519 public key (32 bytes)")
+        return value
+
+
+class CarriersConfig(_Section):
+    twilio: TwilioConfig | None = None
+    telnyx: TelnyxConfig | None = None
+
+
+class OpenAIConfig(_Section):
+    api_key: SecretStr
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+
+    @field_validator("realtime_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+
+class ElevenLabsConfig(_Section):
+    api_key: SecretStr | None = None  # set for private agents (signed URLs); omit for public agents
+    api_base_url: str = "https://api.elevenlabs.io"
+    ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+
+class ProvidersConfig(_Section):
+    openai: OpenAIConfig | None = None
+    elevenlabs: ElevenLabsConfig | None = None
+
+
+class ServerVad(_Section):
+    type: Literal["server_vad"]
+    threshold: float = Field(0.5, ge=0, le=1)
+    prefix_padding_ms: int = Field(300, ge=0)
+    silence_duration_ms: int = Field(500, ge=0)
+
+
+class SemanticVad(_Section):
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+
+
+TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
+
+
+class OpenAIAgentConfig(_Section):
+    # Typed with every engine so an unknown one is reported as such; `elevenlabs_convai` never
+    # reaches this model (see AgentConfig).
+    engine: Engine
+    model: str | None = None
+    voice: str = "alloy"
+    reasoning_effort: ReasoningEffort | None = None
+    prompt: str = ""
+    first_message: str | None = None
+    input_audio_transcription_model: str | None = "whisper-1"
+    audio: AudioMode = "pcm24k"
+    resample_quality: Literal["high", "fast"] = "high"
+    turn_detection: TurnDetection = Field(default_factory=lambda: ServerVad(type="server_vad"))
+    max_call_duration_s: float = Field(1800.0, gt=0)
+
+    @property
+    def resolved_model(self) -> str:
+        return self.model or DEFAULT_MODELS.get(self.engine, "")
+
+
+class ElevenLabsAgentConfig(_Section):
+    """An ElevenLabs Conversational AI agent. Each override set here must be enabled on the agent
+    (Security → overrides) or ElevenLabs rejects the conversation."""
+
+    engine: Literal["elevenlabs_convai"]
+    agent_id: str = Field(min_length=1)
+    voice: str | None = None  # voice_id override
+    prompt: str | None = None
+    first_message: str | None = None
+    language: str | None = None
+    dynamic_variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    resample_quality: Literal["high", "fast"] = "high"
+    max_call_duration_s: float = Field(1800.0, gt=0)
+
+    # The bridge reads these of every agent; an ElevenLabs agent negotiates its audio itself.
+    input_audio_transcription_model: None = None
+
+    @property
+    def resolved_model(self) -> str:
+        return "elevenlabs_convai"
+
+
+def _agent_kind(value: object) -> str:
+    engine = value.get("engine") if isinstance(value, dict) else getattr(value, "engine", None)
+    return "elevenlabs_agent" if engine == "elevenlabs_convai" else "openai_agent"
+
+
+# Anything that is not an ElevenLabs agent is validated as an OpenAI one, so a bad or missing
+# `engine` is reported together with the agent's other problems, not instead of them.
+AgentConfig = Annotated[
+    Annotated[OpenAIAgentConfig, Tag("openai_agent")]
+    | Annotated[ElevenLabsAgentConfig, Tag("elevenlabs_agent")],
+    Discriminator(_agent_kind),
+]
+AGENT_UNION_TAGS = frozenset({"openai_agent", "elevenlabs_agent"})
+AnyAgentConfig = OpenAIAgentConfig | ElevenLabsAgentConfig
+
+
+class GatewayConfig(_Section):
+    server: ServerConfig
+    carriers: CarriersConfig = CarriersConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    agents: dict[str, AgentConfig] = Field(min_length=1)
+    routes: dict[str, str] = Field(default_factory=dict)
+    default_agent: str | None = None
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+
+    def agent_for(self, called_number: str) -> str | None:
+        """The agent that answers calls to `called_number`: its route, else the default, else None."""
+        return self.routes.get(called_number, self.default_agent)
