@@ -14,12 +14,14 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from gateway import keys
 from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
-from gateway.carriers import twilio_routes
+from gateway.carriers import telnyx_routes, twilio_routes
+from gateway.carriers.telnyx import TelnyxCarrier
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
 from gateway.engines.factory import Engines
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable
+from gateway.tokens import MediaTokens
 
 log = structlog.get_logger("gateway.app")
 
@@ -64,6 +66,8 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         config = app[keys.CONFIG]
         if config.carriers.twilio is not None:
             app[keys.TWILIO] = TwilioCarrier(config.carriers.twilio, http)
+        if config.carriers.telnyx is not None:
+            app[keys.TELNYX] = TelnyxCarrier(config.carriers.telnyx, http)
         app[keys.ENGINES] = Engines(config.providers, http)
         yield
 
@@ -73,6 +77,17 @@ async def _on_shutdown(app: web.Application) -> None:
     await app[keys.CALLS].cancel_all()
 
 
+def _token_secret(config: GatewayConfig) -> bytes:
+    """Media tokens are signed with the carriers' own secrets, so every replica that shares the
+    config accepts every other replica's tokens (no cross-call state between replicas)."""
+    parts = [b"gateway"]
+    if config.carriers.twilio is not None:
+        parts.append(config.carriers.twilio.auth_token.get_secret_value().encode())
+    if config.carriers.telnyx is not None:
+        parts.append(config.carriers.telnyx.api_key.get_secret_value().encode())
+    return b"|".join(parts)
+
+
 def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application()
     app[keys.CONFIG] = config
@@ -80,6 +95,7 @@ def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None)
     app[keys.METRICS] = GatewayMetrics(registry if registry is not None else REGISTRY)
     app[keys.CALLS] = CallRegistry(config.server.max_concurrent_calls)
     app[keys.PRICES] = PriceBook(PriceTable.from_config(config.pricing), app[keys.METRICS])
+    app[keys.TOKENS] = MediaTokens(_token_secret(config))
     app.cleanup_ctx.append(_http_session)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", healthz)
@@ -90,4 +106,8 @@ def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None)
         twilio_routes.add_routes(app)
         if not config.carriers.twilio.verify_signatures:
             log.warning("twilio.signatures_disabled", hint="anyone who can reach the gateway can start calls")
+    if config.carriers.telnyx is not None:
+        telnyx_routes.add_routes(app)
+        if not config.carriers.telnyx.verify_signatures:
+            log.warning("telnyx.signatures_disabled", hint="anyone who can reach the gateway can start calls")
     return app

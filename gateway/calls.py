@@ -71,6 +71,10 @@ class CallRegistry:
         self._reserved[call_id] = self._clock() + self._ttl_s
         return True
 
+    def release(self, call_id: str) -> None:
+        """Give back the place of a reserved call that will not stream (rejected, hung up early)."""
+        self._reserved.pop(call_id, None)
+
     def add(self, call_id: str, call: LiveCall) -> Admission:
         """Admit a call whose media has started (consuming its reservation, if any)."""
         if call_id in self._live:

@@ -9,10 +9,12 @@ from aiohttp import web
 
 from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
+from gateway.carriers.telnyx import TelnyxCarrier
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
 from gateway.engines.base import EngineFactory
 from gateway.metrics import GatewayMetrics
+from gateway.tokens import MediaTokens
 
 CONFIG = web.AppKey("config", GatewayConfig)
 METRICS = web.AppKey("metrics", GatewayMetrics)
@@ -21,6 +23,8 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 TWILIO = web.AppKey("twilio", TwilioCarrier)
 ENGINES = web.AppKey("engines", EngineFactory)
 PRICES = web.AppKey("prices", PriceBook)
+TOKENS = web.AppKey("tokens", MediaTokens)
+TELNYX = web.AppKey("telnyx", TelnyxCarrier)
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ class GatewayMetrics:
         )
         self.webhook_rejections_total = Counter(
             "gateway_webhook_rejections",
-            "Carrier webhooks and media sockets refused, by reason (bad_signature, bad_stream_token, ...).",
+            "Carrier webhooks and media sockets refused, by reason (bad_signature, token_expired, ...).",
             ["carrier", "reason"],
             registry=registry,
         )

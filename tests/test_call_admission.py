@@ -54,9 +54,9 @@ class TestSignatures:
         url, params = gw.twilio.parse_stream(body)
         call = await gw.twilio.open_stream(url, params, call_sid="CA" + "9" * 32)  # another call's sid
         assert await call.wait_closed() == 1008
-        assert call.close_reason == "invalid stream token"
+        assert call.close_reason == "stream token wrong_call"
         assert gw.model.all_connections == []
-        assert gw.metric("gateway_webhook_rejections_total", carrier="twilio", reason="bad_stream_token") == 1
+        assert gw.metric("gateway_webhook_rejections_total", carrier="twilio", reason="token_wrong_call") == 1
 
     async def test_signatures_can_be_disabled_for_local_experiments(
         self, start_gateway: StartGateway
@@ -116,15 +116,28 @@ class TestRouting:
         )
 
     async def test_media_stream_for_unknown_agent_is_closed(self, start_gateway: StartGateway) -> None:
-        """A start frame naming an agent that does not exist closes the socket with 1008."""
-        gw = await start_gateway()
-        call_sid = "CA" + "1" * 32
-        _, body = await gw.twilio.webhook(call_sid=call_sid)
-        url, params = gw.twilio.parse_stream(body)
-        call = await gw.twilio.open_stream(url, {**params, "agent": "ghost"}, call_sid=call_sid)
+        """Without verification the agent comes from the start frame; an unknown one closes with 1008."""
+        gw = await start_gateway(
+            carriers={"twilio": {"account_sid": "AC1", "auth_token": "x", "verify_signatures": False}}
+        )
+        call = await gw.twilio.open_stream(gw.url.replace("http", "ws") + MEDIA, {"agent": "ghost"})
         assert await call.wait_closed() == 1008
         assert call.close_reason == "unknown agent"
         assert gw.model.all_connections == []
+
+    async def test_the_token_not_the_parameter_names_the_agent(self, start_gateway: StartGateway) -> None:
+        """With verification on, the agent is the one the webhook chose (signed into the token)."""
+        agents = {
+            "receptionist": {"engine": "openai_realtime_2", "prompt": "front desk"},
+            "sales": {"engine": "openai_realtime_2", "prompt": "sales desk"},
+        }
+        gw = await start_gateway(agents=agents)
+        call_sid = "CA" + "1" * 32
+        _, body = await gw.twilio.webhook(call_sid=call_sid)
+        url, params = gw.twilio.parse_stream(body)
+        await gw.twilio.open_stream(url, {**params, "agent": "sales"}, call_sid=call_sid)
+        model = await gw.model.next_connection()
+        assert (await model.wait_for("session.update"))[0]["session"]["instructions"] == "front desk"
 
 
 class TestCapacity:
@@ -158,7 +171,7 @@ class TestCapacity:
             assert response.status == 503  # full: a load balancer should try another replica
 
     async def test_a_retried_webhook_does_not_take_a_second_place(self, start_gateway: StartGateway) -> None:
-        """Twilio retrying the same CallSid gets the same answer, not busy."""
+        """Twilio retrying the same CallSid is answered again, not told busy."""
         gw = await start_gateway(
             server={
                 "host": "127.0.0.1",
@@ -170,7 +183,9 @@ class TestCapacity:
         call_sid = "CA" + "2" * 32
         _, first = await gw.twilio.webhook(call_sid=call_sid)
         _, again = await gw.twilio.webhook(call_sid=call_sid)
-        assert first == again
+        assert "<Stream" in first
+        assert "<Stream" in again
+        assert gw.twilio.parse_stream(first)[1]["agent"] == gw.twilio.parse_stream(again)[1]["agent"]
 
     async def test_a_second_stream_for_a_live_call_is_refused(self, start_gateway: StartGateway) -> None:
         """Two media streams for one CallSid: the second is closed as a duplicate, the first goes on."""
@@ -180,7 +195,11 @@ class TestCapacity:
         url, params = gw.twilio.parse_stream(body)
         first = await gw.twilio.open_stream(url, params, call_sid=call_sid)
         model = await gw.model.next_connection()
-        second = await gw.twilio.open_stream(url, params, call_sid=call_sid)
+        replay = await gw.twilio.open_stream(url, params, call_sid=call_sid)  # the same token again
+        assert await replay.wait_closed() == 1008
+        assert replay.close_reason == "stream token reused"
+        _, again = await gw.twilio.webhook(call_sid=call_sid)  # a retried webhook: a fresh token
+        second = await gw.twilio.open_stream(url, gw.twilio.parse_stream(again)[1], call_sid=call_sid)
         assert await second.wait_closed() == 1008
         assert second.close_reason == "duplicate"
         await first.send_audio(b"\x7f" * 160)

@@ -188,14 +188,6 @@ class TwilioCarrier:
     def codec(start: StreamStart) -> TwilioMediaCodec:
         return TwilioMediaCodec(start.stream_id)
 
-    def stream_token(self, call_sid: str) -> str:
-        """A per-call token for the media stream's <Parameter>, derived from the auth token."""
-        key = self.config.auth_token.get_secret_value().encode()
-        return hmac.new(key, b"twilio-media-stream:" + call_sid.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def stream_token_matches(self, call_sid: str, token: str) -> bool:
-        return hmac.compare_digest(self.stream_token(call_sid).encode(), token.encode())
-
     def verify(self, urls: Iterable[str], params: Mapping[str, Iterable[str]], signature: str) -> bool:
         return signature_matches(self.config.auth_token.get_secret_value(), urls, params, signature)
 

@@ -14,6 +14,7 @@ from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.errors import ProtocolError
+from gateway.tokens import Grant
 
 log = structlog.get_logger("gateway.twilio")
 
@@ -66,8 +67,8 @@ async def voice_webhook(request: web.Request) -> web.Response:
     log.info("call.accepted", carrier="twilio", agent=agent_name, call_id=call_sid)
     media_url = config.server.media_base_url + MEDIA_PATH
     # The token binds the media stream to this verified webhook: a replayed upgrade signature
-    # (it is the same for every call) cannot open a stream for a call we did not answer.
-    parameters = {"agent": agent_name, "token": twilio.stream_token(call_sid)}
+    # (it is the same for every call) cannot open a stream for a call we did not just answer.
+    parameters = {"agent": agent_name, "token": app[keys.TOKENS].issue("twilio", call_sid, agent_name)}
     return _twiml(twiml_connect_stream(media_url, parameters))
 
 
@@ -119,10 +120,13 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         return ws
     if start is None:
         return ws
-    if verify and not twilio.stream_token_matches(start.call_id, start.params.get("token", "")):
-        await _reject(ws, request, "bad_stream_token", "invalid stream token")
-        return ws
     agent_name = start.params.get("agent", "")
+    if verify:
+        grant = app[keys.TOKENS].redeem(start.params.get("token", ""), "twilio", start.call_id)
+        if not isinstance(grant, Grant):
+            await _reject(ws, request, f"token_{grant}", f"stream token {grant}")
+            return ws
+        agent_name = grant.agent
     agent = config.agents.get(agent_name)
     if agent is None:
         await _reject(ws, request, "unknown_agent", "unknown agent")

@@ -1,0 +1,187 @@
+"""Telnyx: Ed25519 webhook signatures, TeXML, media framing (protocols.md §D), Call Control actions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+from xml.sax.saxutils import quoteattr
+
+import aiohttp
+import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.carriers.base import (
+    CarrierEvent,
+    Connected,
+    Dtmf,
+    Ignored,
+    MarkEcho,
+    Media,
+    StreamStart,
+    StreamStop,
+)
+from gateway.config import TelnyxConfig
+from gateway.errors import ProtocolError
+
+log = structlog.get_logger("gateway.telnyx")
+
+SignatureProblem = Literal["missing_signature", "stale_timestamp", "bad_signature"]
+# Telnyx's "call has already ended" error code for actions on a finished call (pipecat treats it so).
+ALREADY_ENDED_CODE = "90018"
+
+
+def signature_problem(
+    public_key: Ed25519PublicKey, headers: Mapping[str, str], body: bytes, *, now: float, tolerance_s: float
+) -> SignatureProblem | None:
+    """None when `telnyx-signature-ed25519` signs `{telnyx-timestamp}|{raw body}` within the tolerance."""
+    signature, timestamp = headers.get("telnyx-signature-ed25519", ""), headers.get("telnyx-timestamp", "")
+    if not signature or not timestamp:
+        return "missing_signature"
+    try:
+        # Replays: a captured webhook is only good for `tolerance_s`, both ways (clock skew).
+        if abs(now - int(timestamp)) > tolerance_s:
+            return "stale_timestamp"
+        public_key.verify(base64.b64decode(signature, validate=True), timestamp.encode() + b"|" + body)
+    except (ValueError, binascii.Error, InvalidSignature):
+        return "bad_signature"
+    return None
+
+
+def load_public_key(public_key_b64: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64))
+
+
+def texml_connect_stream(stream_url: str, codec: str) -> str:
+    """TeXML bridging the call to our media socket. `bidirectionalMode="rtp"` is essential: the default
+    (mp3) plays nothing we send, with no error (§D.1, §F)."""
+    attrs = {
+        "url": stream_url,
+        "track": "inbound_track",
+        "codec": codec,
+        "bidirectionalMode": "rtp",
+        "bidirectionalCodec": codec,
+        "bidirectionalSamplingRate": "8000",
+    }
+    rendered = " ".join(f"{name}={quoteattr(value)}" for name, value in attrs.items())
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream {rendered}/></Connect></Response>'
+    )
+
+
+def texml_reject(reason: str | None = None) -> str:
+    attr = f" reason={quoteattr(reason)}" if reason else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Reject{attr}/></Response>'
+
+
+def _field(obj: Any, key: str, frame: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ProtocolError(f"telnyx {frame} frame: missing {key}")
+    return obj[key]
+
+
+def decode_frame(text: str) -> CarrierEvent:
+    """Decode one media-stream frame from Telnyx (§D.3)."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ProtocolError("telnyx frame: not JSON") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+        raise ProtocolError("telnyx frame: no event field")
+    event = frame["event"]
+    if event == "media":
+        media = _field(frame, "media", event)
+        payload = _field(media, "payload", event)
+        if not isinstance(payload, str):
+            raise ProtocolError("telnyx media frame: payload is not a string")
+        if media.get("track", "inbound") != "inbound":
+            return Ignored(event)
+        return Media(payload)
+    if event == "mark":
+        return MarkEcho(str(_field(_field(frame, "mark", event), "name", event)))
+    if event == "start":
+        start = _field(frame, "start", event)
+        if not isinstance(start, dict):
+            raise ProtocolError("telnyx start frame: start is not an object")
+        fmt = start.get("media_format")
+        fmt = fmt if isinstance(fmt, dict) else {}
+        rate = fmt.get("sample_rate", 8000)
+        return StreamStart(
+            call_id=str(_field(start, "call_control_id", event)),
+            stream_id=str(_field(frame, "stream_id", event)),
+            encoding=str(fmt.get("encoding") or "PCMU"),
+            sample_rate_hz=int(rate) if isinstance(rate, int | str) and str(rate).isdigit() else 8000,
+        )
+    if event == "stop":
+        return StreamStop()
+    if event == "dtmf":
+        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+    if event == "connected":
+        return Connected()
+    if event == "error":
+        payload = frame.get("payload")
+        payload = payload if isinstance(payload, dict) else {}
+        return Ignored(f"error {payload.get('code', '?')} {payload.get('title', '')}".strip())
+    return Ignored(event)
+
+
+class TelnyxMediaCodec:
+    """Outbound frames: Telnyx needs no stream id on them (§D.4)."""
+
+    __slots__ = ()
+
+    def media(self, payload_b64: str) -> str:
+        return '{"event":"media","media":{"payload":"' + payload_b64 + '"}}'
+
+    def mark(self, name: str) -> str:
+        return json.dumps({"event": "mark", "mark": {"name": name}})
+
+    def clear(self) -> str:
+        return '{"event":"clear"}'
+
+
+class TelnyxCarrier:
+    name = "telnyx"
+
+    def __init__(self, config: TelnyxConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.public_key = load_public_key(config.public_key)
+        self._http = http
+        self._auth = f"Bearer {config.api_key.get_secret_value()}"
+
+    @staticmethod
+    def decode(text: str) -> CarrierEvent:
+        return decode_frame(text)
+
+    @staticmethod
+    def codec(start: StreamStart) -> TelnyxMediaCodec:
+        return TelnyxMediaCodec()
+
+    async def action(self, call_control_id: str, action: str, body: Mapping[str, Any]) -> bool:
+        """POST a Call Control action. An action on a call that already ended counts as success."""
+        url = f"{self.config.api_base_url.rstrip('/')}/v2/calls/{call_control_id}/actions/{action}"
+        try:
+            async with self._http.post(
+                url,
+                json=dict(body),
+                headers={"Authorization": self._auth},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as response:
+                if response.status < 300:
+                    return True
+                text = await response.text()
+                if response.status == 404 or (response.status == 422 and ALREADY_ENDED_CODE in text):
+                    log.info("carrier.call_already_ended", carrier=self.name, action=action)
+                    return True
+                log.warning("carrier.action_failed", carrier=self.name, action=action, status=response.status)
+                return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("carrier.action_failed", carrier=self.name, action=action, error=type(exc).__name__)
+            return False
+
+    async def hangup(self, call_id: str) -> None:
+        if await self.action(call_id, "hangup", {}):
+            log.info("carrier.hangup", carrier=self.name)

@@ -1,0 +1,78 @@
+"""Media-stream tokens: what ties a carrier's media socket to a call the gateway just accepted.
+
+A carrier's media upgrade is not signed per call (Twilio's signature is the same for every stream,
+Telnyx signs nothing), so the webhook that accepts a call hands out a token with the stream URL, and
+the media socket must present it. Tokens are signed, not stored, so any replica sharing the config
+can check one; each is short-lived and is accepted once per process.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+TOKEN_TTL_S = 30.0
+TokenProblem = Literal["missing", "invalid", "expired", "reused", "wrong_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    carrier: str
+    call_id: str
+    agent: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class MediaTokens:
+    def __init__(
+        self, secret: bytes, *, ttl_s: float = TOKEN_TTL_S, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._key = hashlib.sha256(b"gateway-media-token|" + secret).digest()
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._used: dict[str, float] = {}  # token -> expiry, so the set forgets what has expired
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:18])
+
+    def issue(self, carrier: str, call_id: str, agent: str) -> str:
+        expires = round(self._clock() + self._ttl_s, 3)
+        payload = _b64(json.dumps([carrier, call_id, agent, expires], separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload)}"
+
+    def redeem(self, token: str, carrier: str, call_id: str | None = None) -> Grant | TokenProblem:
+        """The grant for a valid, unexpired, unused token (marking it used), else what is wrong."""
+        if not token:
+            return "missing"
+        payload, _, mac = token.partition(".")
+        if not hmac.compare_digest(self._mac(payload).encode(), mac.encode()):
+            return "invalid"
+        try:
+            token_carrier, token_call, agent, expires = json.loads(_unb64(payload))
+        except (ValueError, TypeError):
+            return "invalid"
+        now = self._clock()
+        if token_carrier != carrier:
+            return "invalid"
+        if float(expires) < now:
+            return "expired"
+        self._used = {t: e for t, e in self._used.items() if e >= now}
+        if token in self._used:
+            return "reused"
+        if call_id is not None and call_id != token_call:
+            return "wrong_call"
+        self._used[token] = float(expires)
+        return Grant(str(token_carrier), str(token_call), str(agent))
