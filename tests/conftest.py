@@ -16,9 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from tests.fakes.elevenlabs import FakeElevenLabsServer
 from tests.fakes.openai_realtime import FakeRealtimeServer
 from tests.fakes.openai_validation import Dialect
-from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioApi
+from tests.fakes.telnyx import API_KEY as TELNYX_API_KEY
+from tests.fakes.telnyx import FakeTelnyx, FakeTelnyxApi, FakeTelnyxCall, TelnyxKeys
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioApi, FakeTwilioCall
 
 OPENAI_KEY = "sk-test"
 
@@ -55,6 +58,9 @@ class Gateway:
     twilio: FakeTwilio
     twilio_api: FakeTwilioApi
     http: aiohttp.ClientSession
+    telnyx: FakeTelnyx
+    telnyx_api: FakeTelnyxApi
+    elevenlabs: FakeElevenLabsServer
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
@@ -70,14 +76,42 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
-            dialect: Dialect = "ga", *, agent: dict[str, Any] | None = None, **overrides: Any
+            dialect: Dialect = "ga",
+            *,
+            agent: dict[str, Any] | None = None,
+            elevenlabs: dict[str, Any] | None = None,
+            telnyx: dict[str, Any] | None = None,
+            **overrides: Any,
         ) -> Gateway:
+            """`elevenlabs`: FakeElevenLabsServer options; `telnyx`: carriers.telnyx overrides."""
             model = await stack.enter_async_context(FakeRealtimeServer(dialect, api_key=OPENAI_KEY))
             twilio_api = await stack.enter_async_context(FakeTwilioApi())
+            telnyx_api = await stack.enter_async_context(FakeTelnyxApi())
+            eleven = await stack.enter_async_context(FakeElevenLabsServer(**(elevenlabs or {})))
+            keys = TelnyxKeys.generate()
             port = free_port()
             doc = config_dict(port, model.url, twilio_api.url, **overrides)
+            doc["carriers"] = {
+                **doc["carriers"],
+                "telnyx": {
+                    "api_key": TELNYX_API_KEY,
+                    "public_key": keys.public_key_b64,
+                    "api_base_url": telnyx_api.url,
+                    **(telnyx or {}),
+                },
+            }
+            doc["providers"] = {
+                **doc["providers"],
+                "elevenlabs": {
+                    "api_key": eleven.api_key,
+                    "api_base_url": eleven.api_url,
+                    "ws_url": eleven.ws_url,
+                },
+            }
             if agent is not None:
-                engine = "openai_realtime_2" if dialect == "ga" else "openai_realtime"
+                engine = {"ga": "openai_realtime_2", "beta": "openai_realtime"}.get(
+                    dialect, "elevenlabs_convai"
+                )
                 doc["agents"] = {"receptionist": {"engine": engine, **agent}}
             config = parse_config(doc, env={})
             registry = CollectorRegistry()
@@ -96,6 +130,9 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
                 FakeTwilio(http, url, config.server.public_url),
                 twilio_api,
                 http,
+                FakeTelnyx(http, url, config.server.public_url, keys),
+                telnyx_api,
+                eleven,
             )
             stack.push_async_callback(_close_calls, gateway)
             return gateway
@@ -104,8 +141,10 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
 
 
 async def _close_calls(gateway: Gateway) -> None:
-    for call in gateway.twilio.calls:
+    calls: list[FakeTwilioCall | FakeTelnyxCall] = [*gateway.twilio.calls, *gateway.telnyx.calls]
+    for call in calls:
         await call.aclose()
-    problems = gateway.model.problems + gateway.twilio_api.problems
-    problems += [p for call in gateway.twilio.calls for p in call.problems]
+    problems = gateway.model.problems + gateway.twilio_api.problems + gateway.telnyx_api.problems
+    problems += gateway.elevenlabs.problems
+    problems += [p for call in calls for p in call.problems]
     assert not problems, problems
