@@ -48,6 +48,12 @@ class ServerConfig(_Section):
         # urlsplit lowercases the scheme; keep that spelling so HTTPS:// still gives a wss:// media URL.
         return (parts.scheme + value[len(parts.scheme) :]).rstrip("/")
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # `${GATEWAY_ADMIN_TOKEN:-}` with the variable unset must disable /calls, not open it to "Bearer ".
+        return None if value == "" else value
+
     @property
     def media_base_url(self) -> str:
         """The ws(s):// origin carriers open media sockets on: wss for https, ws for plain http."""
