@@ -25,7 +25,7 @@ FULL_ENV = {
 
 class TestFullExample:
     def test_full_example_validates(self) -> None:
-        """config/agents.full.yaml loads with its documented variables: both carriers, both engine families."""
+        """config/agents.full.yaml loads with its documented variables: both carriers and engine families."""
         config = load_config(CONFIG / "agents.full.yaml", env=FULL_ENV)
         assert config.carriers.twilio is not None
         assert config.carriers.telnyx is not None
