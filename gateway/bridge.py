@@ -193,6 +193,11 @@ class CallBridge:
                 log.info("call.max_duration", max_call_duration_s=self._agent.max_call_duration_s)
                 return "max_duration"
             return max((self._outcome(task) for task in done), key=lambda r: _PRIORITY.get(r, 0))
+        except EngineError as exc:
+            # From start(): the model refused the session or declared audio the bridge cannot carry.
+            log.error("engine.failed", error=str(exc), code=exc.code, retryable=exc.retryable)
+            self._metrics.engine_errors_total.labels(self._agent.engine, "start_failed").inc()
+            return "engine_error"
         except Exception:
             log.exception("call.failed")
             return "error"

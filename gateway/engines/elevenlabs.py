@@ -130,7 +130,8 @@ class ElevenLabsSession:
                     if event is None:
                         code = self._ws.close_code
                         raise EngineError(
-                            f"ElevenLabs closed the conversation before it started (code {code})"
+                            f"ElevenLabs closed the conversation before it started (code {code})",
+                            code=None if code is None else str(code),
                         )
                     if event.get("type") == "conversation_initiation_metadata":
                         break
