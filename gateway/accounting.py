@@ -159,6 +159,7 @@ class CallAccounting:
         self.tokens: dict[TokenKind, int] = dict.fromkeys(TOKEN_KINDS, 0)
         self.cost_usd: dict[str, float] = {}
         self._turn_started: float | None = None
+        self._engine_started: float | None = None  # a per-minute engine bills from here
         self._first_audio_seen = False
         self._turn_latency = metrics.turn_latency_seconds.labels(agent_name, self.model)
 
@@ -206,6 +207,10 @@ class CallAccounting:
             return
         self._charge("transcription", usd)
 
+    def engine_started(self) -> None:
+        """The model session is set up: per-minute engines bill from now (not for failed set-ups)."""
+        self._engine_started = self._clock()
+
     def caller_started_speaking(self) -> None:
         """The caller spoke again before the agent answered: the turn now ends later."""
         self._turn_started = None
@@ -231,8 +236,9 @@ class CallAccounting:
 
     def finish(self, duration_s: float) -> dict[str, Any]:
         """Charge telephony, observe the whole-call cost; returns the record for `call.ended`."""
-        engine_minutes = self._prices.table.engine_minutes_cost(self.engine, duration_s)
-        if engine_minutes is not None:
+        engine_s = 0.0 if self._engine_started is None else self.started + duration_s - self._engine_started
+        engine_minutes = self._prices.table.engine_minutes_cost(self.engine, max(0.0, engine_s))
+        if engine_minutes is not None and engine_s > 0:
             self._charge("engine_minutes", engine_minutes)
         telephony = self._prices.table.telephony_cost(self.carrier, duration_s)
         if telephony is None:

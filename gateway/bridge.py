@@ -59,9 +59,13 @@ _PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
-def carrier_format(encoding: str) -> AudioFormat:
-    """The G.711 law a carrier's `start` frame announces (Twilio `audio/x-mulaw`, Telnyx `PCMU`/`PCMA`)."""
-    return ALAW_8K if encoding.upper() in ("PCMA", "AUDIO/X-ALAW", "G711_ALAW") else ULAW_8K
+_CARRIER_FORMATS = {"PCMU": ULAW_8K, "AUDIO/X-MULAW": ULAW_8K, "PCMA": ALAW_8K, "AUDIO/X-ALAW": ALAW_8K}
+
+
+def carrier_format(encoding: str) -> AudioFormat | None:
+    """The G.711 law a carrier's `start` frame announces (Twilio `audio/x-mulaw`, Telnyx `PCMU`/`PCMA`);
+    None for anything else (G722, OPUS, L16), which the bridge does not carry."""
+    return _CARRIER_FORMATS.get(encoding.upper())
 
 
 class CallBridge:
@@ -91,7 +95,10 @@ class CallBridge:
         self._prices = prices
         self._accounting: CallAccounting | None = None
         self._session: EngineSession | None = None
-        self._carrier_format = carrier_format(start.encoding)
+        fmt = carrier_format(start.encoding)
+        if fmt is None:
+            raise ProtocolError(f"unsupported media encoding {start.encoding!r}")
+        self._carrier_format = fmt
         # Built once the engine session knows its formats; None means passthrough. One converter per
         # direction per call, stateful for the call's whole life (STYLE rule 4).
         self._up: Converter | None = None
@@ -129,6 +136,9 @@ class CallBridge:
                 outcome = f"rejected_{admission}"
                 self._metrics.calls_total.labels(**labels, agent=self._agent_name, outcome=outcome).inc()
                 await self._ws.close(code=1013 if admission == "busy" else 1008, message=admission.encode())
+                if admission == "busy":
+                    # An answered call whose stream is refused would otherwise sit in silence.
+                    await self._carrier.hangup(self.call_id)
                 return "rejected"
             started = time.monotonic()
             accounting = self._accounting = CallAccounting(
@@ -182,6 +192,8 @@ class CallBridge:
         try:
             await self._session.start()
             self._negotiate(self._session)
+            if self._accounting is not None:
+                self._accounting.engine_started()
             tasks = {
                 asyncio.create_task(self._uplink(self._session), name=f"call:{self.call_id}:uplink"),
                 asyncio.create_task(self._downlink(self._session), name=f"call:{self.call_id}:downlink"),

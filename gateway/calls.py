@@ -71,6 +71,11 @@ class CallRegistry:
         self._reserved[call_id] = self._clock() + self._ttl_s
         return True
 
+    def holds(self, call_id: str) -> bool:
+        """Whether the call is reserved or live (a repeated webhook for it must not act again)."""
+        self._load()
+        return call_id in self._reserved or call_id in self._live
+
     def release(self, call_id: str) -> None:
         """Give back the place of a reserved call that will not stream (rejected, hung up early)."""
         self._reserved.pop(call_id, None)

@@ -82,6 +82,9 @@ class TelnyxConfig(_Section):
     verify_signatures: bool = True
     webhook_tolerance_s: float = Field(300.0, gt=0)
     codec: Literal["PCMU", "PCMA"] = "PCMU"  # the media stream's codec, both directions
+    # GET instruction fetches carry the call in the query string, which no body signature covers:
+    # they must present this secret (`?secret=`) instead. POST fetches are checked by signature.
+    texml_secret: SecretStr | None = None
 
     @field_validator("api_key")
     @classmethod

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 TOKEN_TTL_S = 30.0
+# How long a call that has streamed is remembered, so a replayed webhook cannot mint a token that
+# opens a second session for it (Twilio signatures carry no timestamp to stop such replays).
+STREAMED_MEMORY_S = 4 * 3600.0
 TokenProblem = Literal["missing", "invalid", "expired", "reused", "wrong_call"]
 
 
@@ -44,6 +47,7 @@ class MediaTokens:
         self._ttl_s = ttl_s
         self._clock = clock
         self._used: dict[str, float] = {}  # token -> expiry, so the set forgets what has expired
+        self._streamed: dict[tuple[str, str], float] = {}  # (carrier, call id) -> when to forget it
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:18])
@@ -70,9 +74,11 @@ class MediaTokens:
         if float(expires) < now:
             return "expired"
         self._used = {t: e for t, e in self._used.items() if e >= now}
-        if token in self._used:
+        self._streamed = {c: e for c, e in self._streamed.items() if e >= now}
+        if token in self._used or (carrier, token_call) in self._streamed:
             return "reused"
         if call_id is not None and call_id != token_call:
             return "wrong_call"
         self._used[token] = float(expires)
+        self._streamed[(carrier, str(token_call))] = now + STREAMED_MEMORY_S
         return Grant(str(token_carrier), str(token_call), str(agent))

@@ -24,6 +24,7 @@ from tests.fakes.telnyx import FakeTelnyx, FakeTelnyxApi, FakeTelnyxCall, Telnyx
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioApi, FakeTwilioCall
 
 OPENAI_KEY = "sk-test"
+TEXML_SECRET = "texml-secret-test"
 
 
 def free_port() -> int:
@@ -97,6 +98,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
                     "api_key": TELNYX_API_KEY,
                     "public_key": keys.public_key_b64,
                     "api_base_url": telnyx_api.url,
+                    "texml_secret": TEXML_SECRET,
                     **(telnyx or {}),
                 },
             }
@@ -130,7 +132,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
                 FakeTwilio(http, url, config.server.public_url),
                 twilio_api,
                 http,
-                FakeTelnyx(http, url, config.server.public_url, keys),
+                _fake_telnyx(http, url, config, keys),
                 telnyx_api,
                 eleven,
             )
@@ -138,6 +140,16 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
             return gateway
 
         yield start
+
+
+def _fake_telnyx(
+    http: aiohttp.ClientSession, url: str, config: GatewayConfig, keys: TelnyxKeys
+) -> FakeTelnyx:
+    telnyx = config.carriers.telnyx
+    assert telnyx is not None
+    fake = FakeTelnyx(http, url, config.server.public_url, keys)
+    fake.texml_secret = telnyx.texml_secret.get_secret_value() if telnyx.texml_secret else None
+    return fake
 
 
 async def _close_calls(gateway: Gateway) -> None:

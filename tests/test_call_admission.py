@@ -188,7 +188,7 @@ class TestCapacity:
         assert gw.twilio.parse_stream(first)[1]["agent"] == gw.twilio.parse_stream(again)[1]["agent"]
 
     async def test_a_second_stream_for_a_live_call_is_refused(self, start_gateway: StartGateway) -> None:
-        """Two media streams for one CallSid: the second is closed as a duplicate, the first goes on."""
+        """A second stream for a live call (same or replayed token) is refused; the first goes on."""
         gw = await start_gateway(agent={"audio": "g711"})
         call_sid = "CA" + "3" * 32
         _, body = await gw.twilio.webhook(call_sid=call_sid)
@@ -198,12 +198,27 @@ class TestCapacity:
         replay = await gw.twilio.open_stream(url, params, call_sid=call_sid)  # the same token again
         assert await replay.wait_closed() == 1008
         assert replay.close_reason == "stream token reused"
-        _, again = await gw.twilio.webhook(call_sid=call_sid)  # a retried webhook: a fresh token
+        _, again = await gw.twilio.webhook(call_sid=call_sid)  # a replayed webhook: a fresh token...
         second = await gw.twilio.open_stream(url, gw.twilio.parse_stream(again)[1], call_sid=call_sid)
         assert await second.wait_closed() == 1008
-        assert second.close_reason == "duplicate"
+        assert second.close_reason == "stream token reused"  # ...but this call has streamed already
         await first.send_audio(b"\x7f" * 160)
         await model.wait_audio(160)
+        assert len(gw.model.all_connections) == 1
+
+    async def test_duplicate_stream_without_verification_is_refused(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """With verification off (no tokens), a second stream for a live CallSid is refused as a duplicate."""
+        gw = await start_gateway(
+            carriers={"twilio": {"account_sid": "AC1", "auth_token": "x", "verify_signatures": False}}
+        )
+        url = gw.url.replace("http", "ws") + MEDIA
+        first = await gw.twilio.open_stream(url, {"agent": "receptionist"}, call_sid="CA" + "4" * 32)
+        await gw.model.next_connection()
+        second = await gw.twilio.open_stream(url, {"agent": "receptionist"}, call_sid="CA" + "4" * 32)
+        assert await second.wait_closed() == 1008
+        assert second.close_reason == "duplicate"
         assert (
             gw.metric(
                 "gateway_calls_total",
@@ -214,3 +229,5 @@ class TestCapacity:
             )
             == 1
         )
+        await first.stop()
+        await first.wait_closed()

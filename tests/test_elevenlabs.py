@@ -579,12 +579,13 @@ class TestEngineMinutesCost:
         return duration_s
 
     async def test_default_price_is_twelve_cents_a_minute(self, start_gateway: StartGateway) -> None:
-        """engine_minutes = call duration / 60 * $0.12, next to telephony; the call total is their sum."""
+        """engine_minutes ≈ connected time / 60 * $0.12, next to telephony; the call total is their sum."""
         gw = await start_gateway("elevenlabs", agent=AGENT)
         duration_s = await self._call_and_hang_up(gw)
         labels = {"agent": "receptionist", "model": ENGINE}
         engine_usd = gw.metric("gateway_cost_usd_total", **labels, component="engine_minutes")
-        assert engine_usd == pytest.approx(duration_s / 60 * 0.12, rel=1e-12)
+        # Billed from the set-up conversation to the end: a little under the whole call, never over.
+        assert duration_s / 60 * 0.12 - 0.12 / 60 * 0.5 < engine_usd <= duration_s / 60 * 0.12
         assert gw.metric("gateway_cost_usd_total", **labels, component="telephony") == pytest.approx(0.0085)
         assert gw.metric("gateway_call_cost_usd_sum", agent="receptionist") == pytest.approx(
             engine_usd + 0.0085, rel=1e-12
@@ -599,5 +600,5 @@ class TestEngineMinutesCost:
         engine_usd = gw.metric(
             "gateway_cost_usd_total", agent="receptionist", model=ENGINE, component="engine_minutes"
         )
-        assert engine_usd == pytest.approx(duration_s / 60, rel=1e-12)
+        assert duration_s / 60 - 0.5 / 60 < engine_usd <= duration_s / 60
         assert not math.isclose(engine_usd, duration_s / 60 * 0.12)

@@ -143,18 +143,70 @@ class TestSignatures:
         """Both webhooks refuse a wrong signature and timestamps beyond the tolerance (replays)."""
         gw = await start_gateway()
         timestamp = int(time.time()) + skew_s
-        status, _ = await gw.telnyx.texml_webhook(timestamp=timestamp, signature=signature)
+        status, _ = await gw.telnyx.texml_webhook(method="POST", timestamp=timestamp, signature=signature)
         assert status == 403
         _, status, _ = await gw.telnyx.call_initiated(timestamp=timestamp, signature=signature)
         assert status == 403
         assert gw.metric("gateway_webhook_rejections_total", carrier="telnyx", reason=reason) == 2
         assert gw.telnyx_api.actions == []
 
-    async def test_within_tolerance_is_accepted(self, start_gateway: StartGateway) -> None:
-        """A signature 299 s old is still good (the tolerance is 300 s)."""
+    @pytest.mark.parametrize("skew_s", [-299, 299])
+    async def test_within_tolerance_is_accepted(self, start_gateway: StartGateway, skew_s: int) -> None:
+        """Signatures up to 300 s old or early are good, on both webhooks."""
         gw = await start_gateway()
-        status, _ = await gw.telnyx.texml_webhook(timestamp=int(time.time()) - 299)
+        timestamp = int(time.time()) + skew_s
+        status, _ = await gw.telnyx.texml_webhook(method="POST", timestamp=timestamp)
         assert status == 200
+        _, status, _ = await gw.telnyx.call_initiated(timestamp=timestamp)
+        assert status == 200
+
+    async def test_signature_over_another_body_is_refused(self, start_gateway: StartGateway) -> None:
+        """A genuine signature of one body does not vouch for another."""
+        gw = await start_gateway()
+        timestamp = str(int(time.time()))
+        forged = gw.telnyx.keys.sign(timestamp, b"CallSid=v3%3Aother&To=%2B15555550100")
+        status, _ = await gw.telnyx.texml_webhook(method="POST", timestamp=int(timestamp), signature=forged)
+        assert status == 403
+
+    async def test_get_fetch_needs_the_texml_secret(self, start_gateway: StartGateway) -> None:
+        """GET fetches (query not covered by a signature) need `?secret=`; wrong or absent → 403."""
+        gw = await start_gateway()
+        status, _ = await gw.telnyx.texml_webhook(method="GET")
+        assert status == 200
+        gw.telnyx.texml_secret = "wrong"
+        status, _ = await gw.telnyx.texml_webhook(method="GET")
+        assert status == 403
+        gw.telnyx.texml_secret = None
+        status, _ = await gw.telnyx.texml_webhook(method="GET")
+        assert status == 403
+        assert gw.metric("gateway_webhook_rejections_total", carrier="telnyx", reason="bad_texml_secret") == 2
+
+    async def test_get_fetch_without_a_configured_secret_is_refused(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """Without carriers.telnyx.texml_secret, GET fetches cannot be authenticated and are refused."""
+        gw = await start_gateway(telnyx={"texml_secret": None})
+        status, body = await gw.telnyx.texml_webhook(method="GET")
+        assert status == 403
+        assert "texml_secret" in body
+        status, _ = await gw.telnyx.texml_webhook(method="POST")
+        assert status == 200
+
+    async def test_post_fetch_ignores_unsigned_query_parameters(self, start_gateway: StartGateway) -> None:
+        """Parameters in a POST's query string are not signed, so they are not read."""
+        gw = await start_gateway(default_agent=None)
+        timestamp = str(int(time.time()))
+        body = b"CallSid=v3%3Aabc&To=%2B15550000000"  # an unrouted number, signed
+        headers = {
+            "telnyx-timestamp": timestamp,
+            "telnyx-signature-ed25519": gw.telnyx.keys.sign(timestamp, body),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        async with gw.http.post(
+            gw.url + "/telnyx/voice?To=%2B15555550100", data=body, headers=headers
+        ) as response:
+            assert response.status == 200
+            assert "<Reject/>" in await response.text()
 
 
 class TestMediaTokens:

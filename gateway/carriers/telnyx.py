@@ -30,6 +30,7 @@ from gateway.errors import ProtocolError
 log = structlog.get_logger("gateway.telnyx")
 
 SignatureProblem = Literal["missing_signature", "stale_timestamp", "bad_signature"]
+ActionResult = Literal["ok", "already_ended", "failed"]
 # Telnyx's "call has already ended" error code for actions on a finished call (pipecat treats it so).
 ALREADY_ENDED_CODE = "90018"
 
@@ -112,7 +113,7 @@ def decode_frame(text: str) -> CarrierEvent:
         return StreamStart(
             call_id=str(_field(start, "call_control_id", event)),
             stream_id=str(_field(frame, "stream_id", event)),
-            encoding=str(fmt.get("encoding") or "PCMU"),
+            encoding=str(fmt.get("encoding") or ""),  # absent: the configured codec applies
             sample_rate_hz=int(rate) if isinstance(rate, int | str) and str(rate).isdigit() else 8000,
         )
     if event == "stop":
@@ -160,8 +161,8 @@ class TelnyxCarrier:
     def codec(start: StreamStart) -> TelnyxMediaCodec:
         return TelnyxMediaCodec()
 
-    async def action(self, call_control_id: str, action: str, body: Mapping[str, Any]) -> bool:
-        """POST a Call Control action. An action on a call that already ended counts as success."""
+    async def action(self, call_control_id: str, action: str, body: Mapping[str, Any]) -> ActionResult:
+        """POST a Call Control action: `ok`, `already_ended` (the call is gone) or `failed`."""
         url = f"{self.config.api_base_url.rstrip('/')}/v2/calls/{call_control_id}/actions/{action}"
         try:
             async with self._http.post(
@@ -171,17 +172,18 @@ class TelnyxCarrier:
                 timeout=aiohttp.ClientTimeout(total=10),
             ) as response:
                 if response.status < 300:
-                    return True
+                    return "ok"
                 text = await response.text()
                 if response.status == 404 or (response.status == 422 and ALREADY_ENDED_CODE in text):
                     log.info("carrier.call_already_ended", carrier=self.name, action=action)
-                    return True
+                    return "already_ended"
                 log.warning("carrier.action_failed", carrier=self.name, action=action, status=response.status)
-                return False
+                return "failed"
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("carrier.action_failed", carrier=self.name, action=action, error=type(exc).__name__)
-            return False
+            return "failed"
 
     async def hangup(self, call_id: str) -> None:
-        if await self.action(call_id, "hangup", {}):
+        # Hanging up a call that already ended is success: the caller is off the line either way.
+        if await self.action(call_id, "hangup", {}) == "ok":
             log.info("carrier.hangup", carrier=self.name)

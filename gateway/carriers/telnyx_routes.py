@@ -9,6 +9,8 @@ any model socket is opened.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hmac
 import json
 import time
 
@@ -16,7 +18,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from gateway import keys
-from gateway.bridge import CallBridge
+from gateway.bridge import CallBridge, carrier_format
 from gateway.carriers.base import StreamStart
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
 from gateway.errors import ProtocolError
@@ -72,12 +74,31 @@ def _stream_url(request: web.Request, call_id: str, agent_name: str) -> str:
     return request.app[keys.CONFIG].server.media_base_url + MEDIA_PREFIX + token
 
 
+def _check_texml_secret(request: web.Request) -> None:
+    """GET fetches carry the call in the query string, which a signature over the (empty) body does
+    not cover: they must present the configured `texml_secret` instead (403 otherwise)."""
+    telnyx = request.app[keys.TELNYX]
+    if not telnyx.config.verify_signatures:
+        return
+    secret = telnyx.config.texml_secret
+    presented = request.query.get("secret", "")
+    if secret is None or not hmac.compare_digest(presented.encode(), secret.get_secret_value().encode()):
+        reason = "texml_secret_unset" if secret is None else "bad_texml_secret"
+        log.warning("webhook.rejected", carrier="telnyx", reason=reason)
+        request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", reason).inc()
+        hint = "set carriers.telnyx.texml_secret and add ?secret=... to the TeXML URL, or fetch with POST"
+        raise web.HTTPForbidden(text=f"GET /telnyx/voice needs the TeXML secret: {hint}")
+
+
 async def texml_webhook(request: web.Request) -> web.Response:
     """TeXML instruction fetch (GET by default, or POST): answer <Connect><Stream> in rtp mode."""
-    await _verified_body(request)
-    params: dict[str, str] = dict(request.query)
     if request.method == "POST":
-        params.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+        await _verified_body(request)
+        # Only the signed body counts: the query string of a POST is not covered by the signature.
+        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    else:
+        _check_texml_secret(request)
+        params = {k: v for k, v in request.query.items() if k != "secret"}
     call_id = params.get("CallSid", "")
     if not call_id:
         request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", "malformed").inc()
@@ -103,16 +124,29 @@ async def call_control_webhook(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError, AttributeError):
         request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", "malformed").inc()
         raise web.HTTPBadRequest(text="not a Telnyx webhook envelope") from None
-    if event_type == "call.initiated" and payload.get("direction", "incoming") == "incoming" and call_id:
-        await _answer(request, call_id, str(payload.get("to", "")))
-    elif event_type == "call.hangup" and call_id:
-        request.app[keys.CALLS].release(call_id)
+    calls = request.app[keys.CALLS]
+    if not call_id:
+        return web.json_response({"ok": True})  # not about a call the gateway handles
+    if event_type == "call.initiated" and payload.get("direction", "incoming") == "incoming":
+        if calls.holds(call_id):
+            # A retried (or replayed) event for a call already answered must not answer it again.
+            log.info("webhook.duplicate", carrier="telnyx", event_type=event_type, call_id=call_id)
+        else:
+            await _answer(request, call_id, str(payload.get("to", "")))
+    elif event_type == "call.hangup":
+        calls.release(call_id)
         log.info(
             "carrier.call_hangup",
             carrier="telnyx",
             call_id=call_id,
             cause=str(payload.get("hangup_cause", "")),
         )
+    elif event_type == "streaming.failed":
+        # Answered, but the stream never reached us: without a hang-up the caller waits in silence.
+        failure = str(payload.get("failure_reason", ""))[:200]
+        log.warning("media.stream_failed", carrier="telnyx", call_id=call_id, failure=failure)
+        calls.release(call_id)
+        await request.app[keys.TELNYX].hangup(call_id)
     return web.json_response({"ok": True})
 
 
@@ -137,7 +171,7 @@ async def _answer(request: web.Request, call_id: str, to: str) -> None:
             "stream_bidirectional_codec": codec,
         },
     )
-    if not answered:
+    if answered != "ok":  # failed, or the caller hung up before we answered
         request.app[keys.CALLS].release(call_id)
 
 
@@ -153,11 +187,16 @@ async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
 
 
 async def _reject(
-    ws: web.WebSocketResponse, request: web.Request, reason: str, message: str
+    ws: web.WebSocketResponse, request: web.Request, reason: str, message: str, hangup_call: str | None = None
 ) -> web.WebSocketResponse:
+    """Close with 1008. With `hangup_call` (a call the token vouches for), also end it at Telnyx: an
+    answered call whose stream is refused would otherwise keep the caller in silence."""
     log.warning("media.rejected", carrier="telnyx", reason=reason)
     request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", reason).inc()
     await ws.close(code=1008, message=message.encode())
+    if hangup_call is not None:
+        request.app[keys.CALLS].release(hangup_call)
+        await request.app[keys.TELNYX].hangup(hangup_call)
     return ws
 
 
@@ -173,14 +212,20 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         start = await _read_start(ws)
     except (TimeoutError, ProtocolError) as exc:
         log.warning("media.no_start", carrier="telnyx", error=str(exc) or "timeout")
-        return await _reject(ws, request, "no_start", "expected a start frame")
+        return await _reject(ws, request, "no_start", "expected a start frame", grant.call_id)
     if start is None:
         return ws
     if start.call_id != grant.call_id:
         return await _reject(ws, request, "token_wrong_call", "stream token wrong_call")
+    if not start.encoding:
+        start = dataclasses.replace(start, encoding=app[keys.TELNYX].config.codec)
+    if carrier_format(start.encoding) is None:
+        return await _reject(
+            ws, request, "unsupported_codec", f"unsupported codec {start.encoding}", start.call_id
+        )
     agent = app[keys.CONFIG].agents.get(grant.agent)
     if agent is None:  # the config was reloaded without this agent
-        return await _reject(ws, request, "unknown_agent", "unknown agent")
+        return await _reject(ws, request, "unknown_agent", "unknown agent", start.call_id)
     bridge = CallBridge(
         carrier=app[keys.TELNYX],
         ws=ws,

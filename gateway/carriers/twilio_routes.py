@@ -10,7 +10,7 @@ from aiohttp import WSMsgType, web
 from multidict import MultiDict, MultiDictProxy
 
 from gateway import keys
-from gateway.bridge import CallBridge
+from gateway.bridge import CallBridge, carrier_format
 from gateway.carriers.base import StreamStart
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.errors import ProtocolError
@@ -127,6 +127,9 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
             await _reject(ws, request, f"token_{grant}", f"stream token {grant}")
             return ws
         agent_name = grant.agent
+    if carrier_format(start.encoding) is None:
+        await _reject(ws, request, "unsupported_codec", f"unsupported codec {start.encoding}")
+        return ws
     agent = config.agents.get(agent_name)
     if agent is None:
         await _reject(ws, request, "unknown_agent", "unknown agent")

@@ -90,6 +90,7 @@ class ElevenLabsSession:
         self._interrupted_upto = -1
         self._turn = 0
         self._audio_open = False
+        self._flush_at = 0.0  # loop time at which an open turn without new audio is over
         self._chunk_prefix = '{"user_audio_chunk":"'
 
     async def _send(self, event: dict[str, Any]) -> None:
@@ -165,11 +166,19 @@ class ElevenLabsSession:
             if self._early:
                 event: dict[str, Any] | None = self._early.popleft()
             else:
+                # The deadline runs from the last *audio*: pings and other events must not push it
+                # back. (Never 0: aiohttp reads a zero timeout as "no timeout".)
+                loop = asyncio.get_running_loop()
+                wait_s = max(0.001, self._flush_at - loop.time()) if self._audio_open else None
+                timed_out = False
                 try:
-                    event = await self._receive(AUDIO_IDLE_FLUSH_S if self._audio_open else None)
+                    event = await self._receive(wait_s)
                 except TimeoutError:
+                    event, timed_out = None, True
+                if self._audio_open and loop.time() >= self._flush_at:
                     self._audio_open = False
                     yield AudioDone("", self._item_id)
+                if timed_out:
                     continue
             if event is None:
                 break
@@ -197,6 +206,7 @@ class ElevenLabsSession:
             if isinstance(event_id, int) and event_id <= self._interrupted_upto:
                 return None  # spoken before the caller interrupted: never play it
             self._audio_open = True
+            self._flush_at = asyncio.get_running_loop().time() + AUDIO_IDLE_FLUSH_S
             return AudioDelta("", self._item_id, payload)
         if kind == "interruption":
             event_id = _obj(event.get("interruption_event")).get("event_id")

@@ -258,6 +258,7 @@ class FakeTelnyx:
         self.gateway_url = gateway_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
         self.keys = keys
+        self.texml_secret: str | None = None  # appended as ?secret= to GET instruction fetches
         self.calls: list[FakeTelnyxCall] = []
         self._legs: dict[str, dict[str, Any]] = {}  # call_control_id -> the ids and numbers of its leg
 
@@ -320,6 +321,10 @@ class FakeTelnyx:
             request = self.http.post(self.gateway_url + "/telnyx/voice", data=body, headers=headers)
         else:
             headers = self._signed(b"", timestamp, signature)
+            if self.texml_secret is not None:
+                # A GET's query is not covered by a signature over an empty body: the gateway wants
+                # the shared secret the operator put in the TeXML URL instead.
+                encoded += "&" + urlencode({"secret": self.texml_secret})
             request = self.http.get(f"{self.gateway_url}/telnyx/voice?{encoded}", headers=headers)
         async with request as response:
             return response.status, await response.text()
