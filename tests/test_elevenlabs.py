@@ -332,6 +332,28 @@ class TestPcmTranscoding:
         assert len(call.audio_out) == len(expected_down)
         assert len(conn.audio_in) == len(expected_up)
 
+    async def test_pings_do_not_hold_back_the_end_of_a_turn(self, start_gateway: StartGateway) -> None:
+        """The end-of-turn flush runs from the last audio: pings (and other events) arriving every few
+        ms afterwards do not postpone it, so the resampler's tail still reaches the caller."""
+        gw = await start_gateway("elevenlabs", agent=AGENT, elevenlabs={"output_format": "pcm_16000"})
+        call, conn = await twilio_call(gw)
+        agent_audio = tone_pcm16k(500)
+        chunk = 100 * PCM16K_MS
+        expected = reference(PCM_16K, ULAW_8K, agent_audio, chunk, flush=True)
+        await speak(conn, agent_audio, chunk)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        event_id = 1000
+        while len(call.audio_out) < len(expected):
+            assert loop.time() < deadline, (
+                f"tail never flushed: {len(call.audio_out)} of {len(expected)} bytes"
+            )
+            event_id += 1
+            await conn.ping(event_id)
+            await conn.wait_pong(event_id)
+            await asyncio.sleep(0.02)  # pacing the fake's pings, as a server would; not synchronisation
+        assert bytes(call.audio_out) == expected
+
     async def test_pcm_input_with_ulaw_output(self, start_gateway: StartGateway) -> None:
         """Mixed formats: caller audio is transcoded to pcm_16000, agent ulaw_8000 passes through."""
         gw = await start_gateway("elevenlabs", agent=AGENT, elevenlabs={"input_format": "pcm_16000"})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway import keys
-from gateway.audio import ALAW_8K, PCM_24K, ULAW_8K, Converter, pcm16_to_alaw
+from gateway.audio import ALAW_8K, PCM_24K, Converter, pcm16_to_alaw
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.signals import PCM24_MS, tone_pcm24, tone_ulaw
 from tests.fakes.telnyx import FakeTelnyxCall, new_call_control_id
@@ -125,6 +125,84 @@ class TestCallControl:
         await call.wait_closed()
         assert ended(gw, "engine_closed") == 1
         assert gw.metric("gateway_calls_active", carrier="telnyx", engine="openai_realtime_2") == 0
+
+
+class TestCallControlBookkeeping:
+    async def test_hangup_event_frees_the_place_of_an_unstreamed_call(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """A call answered but hung up before streaming gives its place back on call.hangup."""
+        gw = await start_gateway(server=_one_call_server())
+        first, _, _ = await gw.telnyx.call_initiated()
+        await gw.telnyx_api.wait_action(first, "answer")
+        second, _, _ = await gw.telnyx.call_initiated()
+        assert await gw.telnyx_api.wait_action(second, "reject") == {"cause": "USER_BUSY"}
+        await gw.telnyx.call_hangup(first)
+        third, _, _ = await gw.telnyx.call_initiated()
+        assert "stream_url" in await gw.telnyx_api.wait_action(third, "answer")
+
+    @pytest.mark.parametrize("status", [500, 422])
+    async def test_failed_or_too_late_answer_frees_the_place(
+        self, start_gateway: StartGateway, status: int
+    ) -> None:
+        """An answer that fails (500) or finds the call gone (422 / 90018) does not keep a place."""
+        gw = await start_gateway(server=_one_call_server())
+        call_id = new_call_control_id()
+        gw.telnyx_api.status_for[(call_id, "answer")] = status
+        await gw.telnyx.call_initiated(call_control_id=call_id)
+        await gw.telnyx_api.wait_action(call_id, "answer")
+        nxt, _, _ = await gw.telnyx.call_initiated()
+        assert "stream_url" in await gw.telnyx_api.wait_action(nxt, "answer")
+
+    async def test_repeated_call_initiated_answers_once(self, start_gateway: StartGateway) -> None:
+        """Telnyx retrying call.initiated for a call already answered does not answer it again."""
+        gw = await start_gateway()
+        call_id = new_call_control_id()
+        await gw.telnyx.call_initiated(call_control_id=call_id)
+        await gw.telnyx_api.wait_action(call_id, "answer")
+        _, status, _ = await gw.telnyx.call_initiated(call_control_id=call_id)
+        assert status == 200
+        assert len(gw.telnyx_api.answers()) == 1
+
+    async def test_streaming_failed_hangs_up_and_frees_the_place(self, start_gateway: StartGateway) -> None:
+        """streaming.failed after an answer hangs the caller up instead of leaving them in silence."""
+        gw = await start_gateway(server=_one_call_server())
+        call_id, _, _ = await gw.telnyx.call_initiated()
+        await gw.telnyx_api.wait_action(call_id, "answer")
+        status, _ = await gw.telnyx.call_control_event(
+            "streaming.failed", {"call_control_id": call_id, "failure_reason": "connection refused"}
+        )
+        assert status == 200
+        await gw.telnyx_api.wait_action(call_id, "hangup")
+        nxt, _, _ = await gw.telnyx.call_initiated()
+        assert "stream_url" in await gw.telnyx_api.wait_action(nxt, "answer")
+
+    async def test_refused_stream_of_an_answered_call_hangs_it_up(self, start_gateway: StartGateway) -> None:
+        """A stream the gateway refuses after answering (here: a codec it cannot carry) is hung up."""
+        gw = await start_gateway()
+        call_id, _, _ = await gw.telnyx.call_initiated()
+        answer = await gw.telnyx_api.wait_action(call_id, "answer")
+        call = await gw.telnyx.open_stream(answer["stream_url"], call_control_id=call_id, encoding="G722")
+        assert await call.wait_closed() == 1008
+        assert call.close_reason == "unsupported codec G722"
+        await gw.telnyx_api.wait_action(call_id, "hangup")
+        assert gw.model.all_connections == []
+
+    async def test_twilio_token_is_not_a_telnyx_token(self, start_gateway: StartGateway) -> None:
+        """A token minted for a Twilio call does not open a Telnyx media socket."""
+        gw = await start_gateway()
+        _, body = await gw.twilio.webhook(call_sid="CA" + "5" * 32)
+        token = gw.twilio.parse_stream(body)[1]["token"]
+        call = await gw.telnyx.open_stream(
+            f"{gw.config.server.media_base_url}/telnyx/media/{token}", call_control_id="CA" + "5" * 32
+        )
+        assert await call.wait_closed() == 1008
+        assert call.close_reason == "stream token invalid"
+
+
+def _one_call_server() -> dict[str, object]:
+    # server.port/public_url are placeholders: the test server listens on its own port.
+    return {"host": "127.0.0.1", "port": 1, "public_url": "http://127.0.0.1:1", "max_concurrent_calls": 1}
 
 
 class TestSignatures:
@@ -298,7 +376,10 @@ class TestPCMA:
         expected_up = b"".join(up.convert(caller[i : i + 160]) for i in range(0, len(caller), 160))
         await call.send_audio(caller)
         await model.wait_audio(len(expected_up))
-        assert bytes(model.audio_in[: len(expected_up)]) == expected_up
+        await call.send_audio(tone_alaw(20))  # one more frame: everything before it has been forwarded
+        await model.wait_for("input_audio_buffer.append", count=21)
+        tail = up.convert(tone_alaw(20))
+        assert bytes(model.audio_in) == expected_up + tail
         agent = tone_pcm24(600)
         chunk = 100 * PCM24_MS
         down = Converter(PCM_24K, ALAW_8K)
@@ -308,7 +389,6 @@ class TestPCMA:
         await model.speak(agent, chunk_bytes=chunk)
         await call.wait_audio(len(expected_down))
         assert bytes(call.audio_out) == expected_down
-        assert Converter(ULAW_8K, ALAW_8K).dst == ALAW_8K  # (the law, not just the rate, follows the call)
         await call.stop()
         await call.wait_closed()
 
