@@ -19,6 +19,7 @@ from gateway.schema import (
     AGENT_UNION_TAGS,
     DEFAULT_MODELS,
     E164,
+    TOOL_UNION_TAGS,
     AgentConfig,
     AnyAgentConfig,
     AudioMode,
@@ -103,7 +104,7 @@ def _yaml_path(loc: tuple[int | str, ...], data: Any) -> str:
     parts: list[str] = []
     node = data
     for part in loc:
-        if part in AGENT_UNION_TAGS and not (isinstance(node, dict) and part in node):
+        if part in AGENT_UNION_TAGS | TOOL_UNION_TAGS and not (isinstance(node, dict) and part in node):
             continue
         if isinstance(node, dict) and part not in node and part == node.get("type"):
             continue
@@ -180,6 +181,19 @@ def _cross_checks(data: dict[str, Any]) -> list[str]:
     default_agent = data.get("default_agent")
     if isinstance(agents, dict) and isinstance(default_agent, str) and default_agent not in agents:
         problems.append(f"default_agent: no agent named {default_agent!r} under agents")
+    for name, agent in _mapping(agents).items():
+        seen: set[str] = set()
+        for i, raw_tool in enumerate(_mapping(agent).get("tools") or []):
+            tool = _mapping(raw_tool)
+            tool_name = str(tool.get("builtin") or tool.get("name") or "")
+            if tool_name and tool_name in seen:
+                problems.append(f"agents.{name}.tools[{i}]: a second tool named {tool_name!r}")
+            seen.add(tool_name)
+            for j, target in enumerate(tool.get("agents") or [] if tool.get("builtin") == "handoff" else []):
+                if isinstance(agents, dict) and target not in agents:
+                    problems.append(
+                        f"agents.{name}.tools[{i}].agents[{j}]: no agent named {target!r} under agents"
+                    )
     carriers = _mapping(data.get("carriers"))
     if carriers.get("twilio") is None and carriers.get("telnyx") is None:
         problems.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator
@@ -82,6 +82,7 @@ class TelnyxConfig(_Section):
     verify_signatures: bool = True
     webhook_tolerance_s: float = Field(300.0, gt=0)
     codec: Literal["PCMU", "PCMA"] = "PCMU"  # the media stream's codec, both directions
+    connection_id: str | None = None  # the Call Control application that places outbound calls
     # GET instruction fetches carry the call in the query string, which no body signature covers:
     # they must present this secret (`?secret=`) instead. POST fetches are checked by signature.
     texml_secret: SecretStr | None = None
@@ -155,7 +156,88 @@ class SemanticVad(_Section):
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 
 
-class OpenAIAgentConfig(_Section):
+class WebhookSpec(_Section):
+    url: str
+    method: Literal["POST", "PUT"] = "POST"
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class WebhookTool(_Section):
+    """A function the model may call; the gateway POSTs {call_id, agent, tool, arguments} to `webhook`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    webhook: WebhookSpec
+
+
+class EndCallTool(_Section):
+    builtin: Literal["end_call"]
+    description: str = "End the call after saying goodbye, when the caller has nothing more to ask."
+
+
+class TransferTool(_Section):
+    builtin: Literal["transfer_call"]
+    # Names the model may choose → E.164 numbers or SIP URIs. The model never supplies a number.
+    destinations: dict[str, str] = Field(min_length=1)
+    description: str = "Transfer the caller to a person or department, chosen by name."
+
+    @field_validator("destinations")
+    @classmethod
+    def _dialable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not (E164.match(target) or target.startswith("sip:")):
+                raise ValueError(f"{name}: must be an E.164 number (+15550001111) or a sip: URI")
+        return value
+
+
+class HandoffTool(_Section):
+    builtin: Literal["handoff"]
+    agents: list[str] = Field(min_length=1)  # names under `agents:` this agent may hand the caller to
+    description: str = "Hand the caller over to another agent, chosen by name."
+
+
+def _tool_kind(value: object) -> str:
+    builtin = value.get("builtin") if isinstance(value, dict) else getattr(value, "builtin", None)
+    return str(builtin) if builtin in ("end_call", "transfer_call", "handoff") else "webhook"
+
+
+ToolConfig = Annotated[
+    Annotated[WebhookTool, Tag("webhook")]
+    | Annotated[EndCallTool, Tag("end_call")]
+    | Annotated[TransferTool, Tag("transfer_call")]
+    | Annotated[HandoffTool, Tag("handoff")],
+    Discriminator(_tool_kind),
+]
+TOOL_UNION_TAGS = frozenset({"webhook", "end_call", "transfer_call", "handoff"})
+
+
+class HoldAudio(_Section):
+    file: str  # a WAV file (any common rate), converted once at startup
+    after_ms: int = Field(800, ge=0)
+
+
+class _CallFeatures(_Section):
+    """What every agent can do on the call, whatever its engine."""
+
+    tools: list[ToolConfig] = Field(default_factory=list)
+    dtmf: Literal["forward", "ignore"] = "forward"
+    idle_timeout_s: float | None = Field(None, gt=0)
+    idle_prompts: list[str] = Field(
+        default_factory=lambda: ["Ask the caller, briefly, whether they are still there."]
+    )
+    hold_audio: HoldAudio | None = None
+
+
+class OpenAIAgentConfig(_CallFeatures):
     # Typed with every engine so an unknown one is reported as such; `elevenlabs_convai` never
     # reaches this model (see AgentConfig).
     engine: Engine
@@ -175,7 +257,7 @@ class OpenAIAgentConfig(_Section):
         return self.model or DEFAULT_MODELS.get(self.engine, "")
 
 
-class ElevenLabsAgentConfig(_Section):
+class ElevenLabsAgentConfig(_CallFeatures):
     """An ElevenLabs Conversational AI agent. Each override set here must be enabled on the agent
     (Security → overrides) or ElevenLabs rejects the conversation."""
 
@@ -213,6 +295,10 @@ AGENT_UNION_TAGS = frozenset({"openai_agent", "elevenlabs_agent"})
 AnyAgentConfig = OpenAIAgentConfig | ElevenLabsAgentConfig
 
 
+class TranscriptsConfig(_Section):
+    dir: str  # one JSONL file per call is written here (personal data: protect the directory)
+
+
 class GatewayConfig(_Section):
     server: ServerConfig
     carriers: CarriersConfig = CarriersConfig()
@@ -221,6 +307,9 @@ class GatewayConfig(_Section):
     routes: dict[str, str] = Field(default_factory=dict)
     default_agent: str | None = None
     pricing: PricingConfig = Field(default_factory=PricingConfig)
+    transcripts: TranscriptsConfig | None = None
+    # E.164 prefixes outbound calls may dial (e.g. "+1555"); empty: outbound calls are refused.
+    allowed_outbound_prefixes: list[str] = Field(default_factory=list)
 
     def agent_for(self, called_number: str) -> str | None:
         """The agent that answers calls to `called_number`: its route, else the default, else None."""

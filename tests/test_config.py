@@ -647,10 +647,10 @@ class TestInterpolation:
 
     def test_missing_variable_in_a_list_names_its_index(self) -> None:
         """A missing variable inside a list is reported with the list index in its path."""
-        raw = with_agent(tools=["ok", "${TOOL_URL}"])
+        raw = with_agent(extras=["ok", "${TOOL_URL}"])
         assert problems_of(raw) == [
-            interpolation_problem("agents.sales.tools[1]", "TOOL_URL"),
-            "agents.sales.tools: unknown key",
+            interpolation_problem("agents.sales.extras[1]", "TOOL_URL"),
+            "agents.sales.extras: unknown key",
         ]
 
     def test_missing_variable_names_variable_and_path(self) -> None:
