@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gateway.audio import AudioFormat
 from gateway.config import AnyAgentConfig
@@ -58,6 +58,24 @@ class TranscriptionDone:
 
     item_id: str
     usage: dict[str, object] | None
+    transcript: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A finished turn in words: the caller's (when the engine reports it) or the agent's."""
+
+    role: Literal["caller", "agent"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model called a function, with complete arguments (a JSON object as text)."""
+
+    call_id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +106,8 @@ EngineEvent = (
     | SpeechStopped
     | InputCommitted
     | TranscriptionDone
+    | Transcript
+    | ToolCall
     | ResponseStarted
     | ResponseDone
     | EngineFailure
@@ -104,8 +124,12 @@ class EngineSession(Protocol):
     input_format: AudioFormat
     output_format: AudioFormat
 
-    async def start(self) -> None:
-        """Configure the session (and have the agent's first message spoken, if any)."""
+    async def start(self, context: str | None = None) -> None:
+        """Configure the session and have the agent speak first (its first message, if any).
+
+        `context` is what a previous agent hands over (a summary of the call so far): the new agent
+        knows it and greets the caller as the one taking over.
+        """
 
     async def send_audio(self, audio_b64: str) -> None: ...
 
@@ -114,6 +138,15 @@ class EngineSession(Protocol):
 
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """Tell the model the caller heard only the first `audio_end_ms` of an assistant item."""
+
+    async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        """Answer a ToolCall; the model then carries on talking."""
+
+    async def send_user_text(self, text: str) -> None:
+        """A caller turn in text (e.g. key presses); the model answers it."""
+
+    async def say(self, instructions: str) -> None:
+        """Have the agent speak now, following `instructions` (check-ins, goodbyes)."""
 
     def events(self) -> AsyncIterator[EngineEvent]: ...
 

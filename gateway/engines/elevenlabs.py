@@ -28,6 +28,8 @@ from gateway.engines.base import (
     EngineFailure,
     SpeechStarted,
     SpeechStopped,
+    ToolCall,
+    Transcript,
 )
 from gateway.errors import EngineError, ProtocolError
 
@@ -122,7 +124,7 @@ class ElevenLabsSession:
                 return event
             log.warning("engine.bad_frame", error="not an object")
 
-    async def start(self) -> None:
+    async def start(self, context: str | None = None) -> None:
         await self._send(initiation_data(self._agent))
         try:
             async with asyncio.timeout(METADATA_TIMEOUT_S):
@@ -147,6 +149,9 @@ class ElevenLabsSession:
         self.input_format = audio_format(str(metadata.get("user_input_audio_format", "pcm_16000")))
         self.output_format = audio_format(str(metadata.get("agent_output_audio_format", "pcm_16000")))
         log.info("engine.conversation", conversation_id=self.conversation_id)
+        if context is not None:
+            # Non-interrupting context; the agent's own first message greets the caller.
+            await self._send({"type": "contextual_update", "text": f"Taking over a call. So far: {context}"})
 
     async def _pong(self, event: dict[str, Any]) -> None:
         event_id = _obj(event.get("ping_event")).get("event_id")
@@ -160,6 +165,19 @@ class ElevenLabsSession:
 
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """ElevenLabs keeps no truncatable items; nothing to send."""
+
+    async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        await self._send(
+            {"type": "client_tool_result", "tool_call_id": call_id, "result": output, "is_error": is_error}
+        )
+
+    async def send_user_text(self, text: str) -> None:
+        await self._send({"type": "user_message", "text": text})
+
+    async def say(self, instructions: str) -> None:
+        # ElevenLabs has no "speak now" for the client: a bracketed note as the caller's turn makes
+        # the agent answer it.
+        await self._send({"type": "user_message", "text": f"[{instructions}]"})
 
     async def events(self) -> AsyncIterator[EngineEvent]:
         while True:
@@ -187,15 +205,15 @@ class ElevenLabsSession:
             except (ProtocolError, ValueError, TypeError) as exc:
                 log.warning("engine.bad_frame", error=str(exc)[:200])
                 continue
-            if mapped is not None:
-                yield mapped
+            for item in mapped:
+                yield item
         log.info("engine.closed", close_code=self._ws.close_code)
 
     @property
     def _item_id(self) -> str:
         return f"turn-{self._turn}"
 
-    async def _map(self, event: dict[str, Any]) -> EngineEvent | None:
+    async def _map(self, event: dict[str, Any]) -> tuple[EngineEvent, ...]:
         kind = event.get("type")
         if kind == "audio":
             audio = _obj(event.get("audio_event"))
@@ -204,26 +222,36 @@ class ElevenLabsSession:
                 raise ProtocolError("audio: audio_base_64 is not a string")
             event_id = audio.get("event_id")
             if isinstance(event_id, int) and event_id <= self._interrupted_upto:
-                return None  # spoken before the caller interrupted: never play it
+                return ()  # spoken before the caller interrupted: never play it
             self._audio_open = True
             self._flush_at = asyncio.get_running_loop().time() + AUDIO_IDLE_FLUSH_S
-            return AudioDelta("", self._item_id, payload)
+            return (AudioDelta("", self._item_id, payload),)
         if kind == "interruption":
             event_id = _obj(event.get("interruption_event")).get("event_id")
             if isinstance(event_id, int):
                 self._interrupted_upto = max(self._interrupted_upto, event_id)
             self._turn += 1
             self._audio_open = False
-            return SpeechStarted("", 0)
+            return (SpeechStarted("", 0),)
         if kind == "ping":
             await self._pong(event)
-            return None
+            return ()
         if kind == "user_transcript":
-            return SpeechStopped("", 0)  # the caller's turn is complete: the latency clock starts
+            # The caller's turn is complete: the latency clock starts.
+            text = _obj(event.get("user_transcription_event")).get("user_transcript") or ""
+            return SpeechStopped("", 0), Transcript("caller", str(text))
+        if kind == "agent_response":
+            text = _obj(event.get("agent_response_event")).get("agent_response") or ""
+            return (Transcript("agent", str(text)),)
+        if kind == "client_tool_call":
+            call = _obj(event.get("client_tool_call"))
+            params = call.get("parameters")
+            arguments = json.dumps(params if isinstance(params, dict) else {})
+            return (ToolCall(str(call.get("tool_call_id", "")), str(call.get("tool_name", "")), arguments),)
         if kind == "client_error":
             message = _obj(event.get("client_error")).get("message") or event.get("message") or "client_error"
-            return EngineFailure("client_error", str(message), fatal=True)
-        return None
+            return (EngineFailure("client_error", str(message), fatal=True),)
+        return ()
 
     async def aclose(self) -> None:
         await self._ws.close()

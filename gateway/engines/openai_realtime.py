@@ -29,9 +29,12 @@ from gateway.engines.base import (
     ResponseStarted,
     SpeechStarted,
     SpeechStopped,
+    ToolCall,
+    Transcript,
     TranscriptionDone,
 )
 from gateway.errors import EngineError, ProtocolError
+from gateway.tools import function_specs
 
 log = structlog.get_logger("gateway.openai")
 
@@ -43,6 +46,21 @@ CONNECT_TIMEOUT_S = 10.0
 # A dead peer that stops reading would otherwise block sends until max_call_duration_s.
 HEARTBEAT_S = 15.0
 SESSION_UPDATE_EVENT_ID = "gateway_session_update"
+
+
+def _add_tools(session: dict[str, Any], agent: OpenAIAgentConfig) -> None:
+    if agent.tools:
+        session["tools"] = function_specs(agent.tools)
+        session["tool_choice"] = "auto"
+
+
+def handoff_instructions(context: str, first_message: str | None) -> str:
+    greeting = (
+        f"Greet them by saying: {first_message}"
+        if first_message
+        else "Greet them briefly, say you are taking over, and carry on."
+    )
+    return f"You are taking over a phone call from a colleague. What happened so far: {context}\n{greeting}"
 
 
 def first_message_instructions(text: str) -> str:
@@ -79,6 +97,7 @@ class BetaDialect:
             session["instructions"] = agent.prompt
         if agent.input_audio_transcription_model:
             session["input_audio_transcription"] = {"model": agent.input_audio_transcription_model}
+        _add_tools(session, agent)
         return {"type": "session.update", "event_id": SESSION_UPDATE_EVENT_ID, "session": session}
 
 
@@ -110,6 +129,7 @@ class GADialect:
             session["instructions"] = agent.prompt
         if agent.reasoning_effort is not None:
             session["reasoning"] = {"effort": agent.reasoning_effort}
+        _add_tools(session, agent)
         return {"type": "session.update", "event_id": SESSION_UPDATE_EVENT_ID, "session": session}
 
 
@@ -143,7 +163,21 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
         return InputCommitted(str(event.get("item_id", "")))
     if kind == "conversation.item.input_audio_transcription.completed":
         usage = event.get("usage")
-        return TranscriptionDone(str(event.get("item_id", "")), usage if isinstance(usage, dict) else None)
+        return TranscriptionDone(
+            str(event.get("item_id", "")),
+            usage if isinstance(usage, dict) else None,
+            str(event.get("transcript") or ""),
+        )
+    if kind in ("response.output_audio_transcript.done", "response.audio_transcript.done"):
+        return Transcript("agent", str(event.get("transcript") or ""))
+    if kind == "response.output_item.done":
+        item = _obj(event.get("item"))
+        # Only completed calls: an interrupted one's arguments may be a fragment (§B.5).
+        if item.get("type") == "function_call" and item.get("status") == "completed":
+            return ToolCall(
+                str(item.get("call_id", "")), str(item.get("name", "")), str(item.get("arguments") or "")
+            )
+        return None
     if kind == "response.created":
         return ResponseStarted(str(_obj(event.get("response")).get("id", "")))
     if kind == "response.done":
@@ -193,15 +227,26 @@ class OpenAIRealtimeSession:
     async def _send(self, event: dict[str, Any]) -> None:
         await self._send_text(json.dumps(event))
 
-    async def start(self) -> None:
+    async def start(self, context: str | None = None) -> None:
         await self._send(self._dialect.session_update(self._agent, self.input_format))
-        if self._agent.first_message:
-            await self._send(
-                {
-                    "type": "response.create",
-                    "response": {"instructions": first_message_instructions(self._agent.first_message)},
-                }
-            )
+        if context is not None:
+            await self.say(handoff_instructions(context, self._agent.first_message))
+        elif self._agent.first_message:
+            await self.say(first_message_instructions(self._agent.first_message))
+
+    async def say(self, instructions: str) -> None:
+        await self._send({"type": "response.create", "response": {"instructions": instructions}})
+
+    async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        # The output text itself says whether it is an error ({"error": ...}); the item has no flag.
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        await self._send({"type": "conversation.item.create", "item": item})
+        await self._send({"type": "response.create"})
+
+    async def send_user_text(self, text: str) -> None:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await self._send({"type": "conversation.item.create", "item": item})
+        await self._send({"type": "response.create"})
 
     async def send_audio(self, audio_b64: str) -> None:
         await self._send_text(self._append_prefix + audio_b64 + '"}')
