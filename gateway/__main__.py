@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         try:
             config = load_config(args.path)
+            from gateway.app import load_hold_clips  # noqa: PLC0415 - the WAV check needs numpy/samplerate
+
+            load_hold_clips(config)
         except ConfigError as error:
             _report(args.path, error)
             return EXIT_CONFIG_ERROR

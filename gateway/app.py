@@ -11,14 +11,17 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway import keys
+from gateway import keys, outbound
 from gateway.accounting import PriceBook
+from gateway.bridge import Services
 from gateway.calls import CallRegistry
 from gateway.carriers import telnyx_routes, twilio_routes
 from gateway.carriers.telnyx import TelnyxCarrier
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
 from gateway.engines.factory import Engines
+from gateway.errors import ConfigError
+from gateway.hold import HoldClip, load_hold_clip
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable
 from gateway.tokens import MediaTokens
@@ -69,12 +72,37 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         if config.carriers.telnyx is not None:
             app[keys.TELNYX] = TelnyxCarrier(config.carriers.telnyx, http)
         app[keys.ENGINES] = Engines(config.providers, http)
+        app[keys.SERVICES] = Services(
+            config=config,
+            engines=app[keys.ENGINES],
+            registry=app[keys.CALLS],
+            metrics=app[keys.METRICS],
+            prices=app[keys.PRICES],
+            http=http,
+            hold_clips=app[keys.HOLD_CLIPS],
+        )
         yield
 
 
 async def _on_shutdown(app: web.Application) -> None:
     app[keys.STATE].accepting = False
     await app[keys.CALLS].cancel_all()
+
+
+def load_hold_clips(config: GatewayConfig) -> dict[str, HoldClip]:
+    """Every agent's hold audio, converted once at startup; an unreadable file is a config error."""
+    clips: dict[str, HoldClip] = {}
+    problems: list[str] = []
+    for name, agent in config.agents.items():
+        if agent.hold_audio is None or agent.hold_audio.file in clips:
+            continue
+        try:
+            clips[agent.hold_audio.file] = load_hold_clip(agent.hold_audio.file)
+        except ConfigError as error:
+            problems += [f"agents.{name}.hold_audio.file: {problem}" for problem in error.problems]
+    if problems:
+        raise ConfigError(problems)
+    return clips
 
 
 def _token_secret(config: GatewayConfig) -> bytes:
@@ -96,12 +124,14 @@ def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None)
     app[keys.CALLS] = CallRegistry(config.server.max_concurrent_calls)
     app[keys.PRICES] = PriceBook(PriceTable.from_config(config.pricing), app[keys.METRICS])
     app[keys.TOKENS] = MediaTokens(_token_secret(config))
+    app[keys.HOLD_CLIPS] = load_hold_clips(config)  # raises ConfigError for unreadable files
     app.cleanup_ctx.append(_http_session)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(app[keys.METRICS].registry))
     app.router.add_get("/calls", list_calls)
+    outbound.add_routes(app)
     if config.carriers.twilio is not None:
         twilio_routes.add_routes(app)
         if not config.carriers.twilio.verify_signatures:

@@ -8,11 +8,13 @@ import aiohttp
 from aiohttp import web
 
 from gateway.accounting import PriceBook
+from gateway.bridge import Services
 from gateway.calls import CallRegistry
 from gateway.carriers.telnyx import TelnyxCarrier
 from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
 from gateway.engines.base import EngineFactory
+from gateway.hold import HoldClip
 from gateway.metrics import GatewayMetrics
 from gateway.tokens import MediaTokens
 
@@ -23,6 +25,8 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 TWILIO = web.AppKey("twilio", TwilioCarrier)
 ENGINES = web.AppKey("engines", EngineFactory)
 PRICES = web.AppKey("prices", PriceBook)
+SERVICES = web.AppKey("services", Services)
+HOLD_CLIPS = web.AppKey("hold_clips", dict[str, HoldClip])
 TOKENS = web.AppKey("tokens", MediaTokens)
 TELNYX = web.AppKey("telnyx", TelnyxCarrier)
 

@@ -76,3 +76,6 @@ class Carrier(Protocol):
 
     async def hangup(self, call_id: str) -> None:
         """End the call at the carrier; a call that already ended counts as success."""
+
+    async def transfer(self, call_id: str, destination: str) -> bool:
+        """Connect the caller to `destination` (E.164 or sip: URI); True when the carrier took it."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
@@ -33,6 +34,8 @@ SignatureProblem = Literal["missing_signature", "stale_timestamp", "bad_signatur
 ActionResult = Literal["ok", "already_ended", "failed"]
 # Telnyx's "call has already ended" error code for actions on a finished call (pipecat treats it so).
 ALREADY_ENDED_CODE = "90018"
+# How long a dialed call may ring before the gateway forgets which agent it was for.
+DIALED_TTL_S = 300.0
 
 
 def signature_problem(
@@ -152,6 +155,7 @@ class TelnyxCarrier:
         self.public_key = load_public_key(config.public_key)
         self._http = http
         self._auth = f"Bearer {config.api_key.get_secret_value()}"
+        self.dialed = DialedCalls()
 
     @staticmethod
     def decode(text: str) -> CarrierEvent:
@@ -183,7 +187,64 @@ class TelnyxCarrier:
             log.warning("carrier.action_failed", carrier=self.name, action=action, error=type(exc).__name__)
             return "failed"
 
+    async def transfer(self, call_id: str, destination: str) -> bool:
+        return await self.action(call_id, "transfer", {"to": destination}) == "ok"
+
     async def hangup(self, call_id: str) -> None:
         # Hanging up a call that already ended is success: the caller is off the line either way.
         if await self.action(call_id, "hangup", {}) == "ok":
             log.info("carrier.hangup", carrier=self.name)
+
+    async def dial(self, to: str, from_: str, connection_id: str) -> tuple[int, dict[str, Any]]:
+        """Place an outbound call (`POST /v2/calls`); its Call Control events reach the connection's
+        webhook. Returns Telnyx's HTTP status and JSON body; (0, {}) when it is unreachable."""
+        try:
+            async with self._http.post(
+                f"{self.config.api_base_url.rstrip('/')}/v2/calls",
+                json={"to": to, "from": from_, "connection_id": connection_id},
+                headers={"Authorization": self._auth},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as response:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+                return response.status, body if isinstance(body, dict) else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("carrier.dial_failed", carrier=self.name, error=type(exc).__name__)
+            return 0, {}
+
+
+class DialedCalls:
+    """Calls this replica dialed and that have not been answered yet: call_control_id → agent.
+
+    Telnyx reports the answer with `call.answered`, and only then can the media stream start (a
+    token issued at dial time could expire while the phone rings). Entries are forgotten after
+    `ttl_s`, so calls that never answer and never report a hang-up do not pile up.
+    """
+
+    def __init__(self, ttl_s: float = DIALED_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._agents: dict[str, tuple[str, float]] = {}  # call_control_id -> (agent, when to forget it)
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._agents)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        self._agents = {k: v for k, v in self._agents.items() if v[1] > now}
+
+    def remember(self, call_control_id: str, agent: str) -> None:
+        self._expire()
+        self._agents[call_control_id] = (agent, self._clock() + self._ttl_s)
+
+    def take(self, call_control_id: str) -> str | None:
+        """The agent of a dialed call, once: a retried `call.answered` must not start a second stream."""
+        self._expire()
+        entry = self._agents.pop(call_control_id, None)
+        return None if entry is None else entry[0]
+
+    def forget(self, call_control_id: str) -> None:
+        self._agents.pop(call_control_id, None)

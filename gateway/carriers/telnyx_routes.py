@@ -133,7 +133,12 @@ async def call_control_webhook(request: web.Request) -> web.Response:
             log.info("webhook.duplicate", carrier="telnyx", event_type=event_type, call_id=call_id)
         else:
             await _answer(request, call_id, str(payload.get("to", "")))
+    elif event_type == "call.answered":
+        agent_name = request.app[keys.TELNYX].dialed.take(call_id)
+        if agent_name is not None:  # a call this replica dialed (POST /v1/calls) was picked up
+            await _start_dialed_stream(request, call_id, agent_name)
     elif event_type == "call.hangup":
+        request.app[keys.TELNYX].dialed.forget(call_id)
         calls.release(call_id)
         log.info(
             "carrier.call_hangup",
@@ -158,21 +163,45 @@ async def _answer(request: web.Request, call_id: str, to: str) -> None:
             call_id, "reject", {"cause": "USER_BUSY" if reason == "busy" else "CALL_REJECTED"}
         )
         return
-    codec = telnyx.config.codec
-    answered = await telnyx.action(
-        call_id,
-        "answer",
-        {
-            "stream_url": _stream_url(request, call_id, agent_name),
-            "stream_track": "inbound_track",
-            "stream_codec": codec,
-            # Without rtp, Telnyx treats what we send as mp3 files and the caller hears nothing (§F).
-            "stream_bidirectional_mode": "rtp",
-            "stream_bidirectional_codec": codec,
-        },
-    )
+    answered = await telnyx.action(call_id, "answer", _stream_params(request, call_id, agent_name))
     if answered != "ok":  # failed, or the caller hung up before we answered
         request.app[keys.CALLS].release(call_id)
+
+
+def _stream_params(request: web.Request, call_id: str, agent_name: str) -> dict[str, str]:
+    """The bidirectional stream, as `answer` (inbound) and `streaming_start` (dialed calls) take it."""
+    codec = request.app[keys.TELNYX].config.codec
+    return {
+        "stream_url": _stream_url(request, call_id, agent_name),
+        "stream_track": "inbound_track",
+        "stream_codec": codec,
+        # Without rtp, Telnyx treats what we send as mp3 files and the caller hears nothing (§F).
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": codec,
+    }
+
+
+async def _start_dialed_stream(request: web.Request, call_id: str, agent_name: str) -> None:
+    """The callee of a dialed call answered: stream it to the agent, or hang up if that cannot be."""
+    app = request.app
+    config, metrics, telnyx = app[keys.CONFIG], app[keys.METRICS], app[keys.TELNYX]
+    agent = config.agents.get(agent_name)
+    # The call holds a place from the dial; it is taken again here in case a long ring outlived it.
+    if agent is None or not app[keys.STATE].accepting or not app[keys.CALLS].reserve(call_id):
+        reason = "unrouted" if agent is None else "busy"
+        log.warning("call.rejected", carrier="telnyx", reason=reason, agent=agent_name, call_id=call_id)
+        labels = ("", "") if agent is None else (agent_name, agent.engine)
+        metrics.calls_total.labels("telnyx", *labels, f"rejected_{reason}").inc()
+        app[keys.CALLS].release(call_id)
+        await telnyx.hangup(call_id)
+        return
+    log.info("call.accepted", carrier="telnyx", agent=agent_name, call_id=call_id, direction="outbound")
+    started = await telnyx.action(call_id, "streaming_start", _stream_params(request, call_id, agent_name))
+    if started != "ok":
+        # Answered but never streamed, the callee would hear silence: end the call.
+        app[keys.CALLS].release(call_id)
+        if started == "failed":
+            await telnyx.hangup(call_id)
 
 
 async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
@@ -232,10 +261,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         start=start,
         agent_name=grant.agent,
         agent=agent,
-        engines=app[keys.ENGINES],
-        registry=app[keys.CALLS],
-        metrics=app[keys.METRICS],
-        prices=app[keys.PRICES],
+        services=app[keys.SERVICES],
     )
     await bridge.run()
     return ws

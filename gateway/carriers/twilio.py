@@ -215,6 +215,41 @@ class TwilioCarrier:
             log.warning("carrier.update_failed", carrier=self.name, error=type(exc).__name__)
             return False
 
+    async def transfer(self, call_id: str, destination: str) -> bool:
+        """Replace the call's TwiML with a <Dial>: Twilio ends our stream and connects the caller."""
+        target = (
+            f"<Sip>{escape(destination)}</Sip>" if destination.startswith("sip:") else escape(destination)
+        )
+        twiml = f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{target}</Dial></Response>'
+        return await self.update_call(call_id, {"Twiml": twiml})
+
     async def hangup(self, call_id: str) -> None:
         if await self.update_call(call_id, {"Status": "completed"}):
             log.info("carrier.hangup", carrier=self.name)
+
+    async def create_call(self, to: str, from_: str, url: str) -> tuple[int, dict[str, Any]]:
+        """Place an outbound call whose TwiML Twilio fetches from `url` (POST to the Calls list).
+
+        Returns Twilio's HTTP status and JSON body (`sid` on success); (0, {}) when it is unreachable.
+        """
+        base = self.config.api_base_url.rstrip("/")
+        try:
+            async with self._http.post(
+                f"{base}/2010-04-01/Accounts/{self.config.account_sid}/Calls.json",
+                data={"To": to, "From": from_, "Url": url, "Method": "POST"},
+                headers={"Authorization": self._basic_auth},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as response:
+                return response.status, await _json_object(response)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("carrier.dial_failed", carrier=self.name, error=type(exc).__name__)
+            return 0, {}
+
+
+async def _json_object(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The response's JSON object, or {} when the body is not one (an HTML error page, say)."""
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -37,6 +37,17 @@ def _params(form: MultiDictProxy[Any] | MultiDict[str]) -> dict[str, list[str]]:
     return params
 
 
+def _agent_for(request: web.Request, values: dict[str, str]) -> str | None:
+    """Inbound calls are routed by `To`. A call the gateway placed (`POST /v1/calls`) names its agent
+    in the webhook URL it gave Twilio; that URL, query included, is covered by the signature (§C.3).
+    The `agent` parameter is read for those calls only, so it cannot re-route an inbound call."""
+    config = request.app[keys.CONFIG]
+    if values.get("Direction") == "outbound-api" and "agent" in request.query:
+        agent_name = request.query["agent"]
+        return agent_name if agent_name in config.agents else None
+    return config.agent_for(values.get("To", ""))
+
+
 async def voice_webhook(request: web.Request) -> web.Response:
     """Twilio's voice webhook: verify the signature, pick the agent, answer with <Connect><Stream>."""
     app = request.app
@@ -54,7 +65,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     if not call_sid:
         metrics.webhook_rejections_total.labels("twilio", "malformed").inc()
         raise web.HTTPBadRequest(text="missing CallSid")
-    agent_name = config.agent_for(values.get("To", ""))
+    agent_name = _agent_for(request, values)
     if agent_name is None:
         log.warning("call.rejected", carrier="twilio", reason="unrouted")
         metrics.calls_total.labels("twilio", "", "", "rejected_unrouted").inc()
@@ -140,10 +151,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         start=start,
         agent_name=agent_name,
         agent=agent,
-        engines=app[keys.ENGINES],
-        registry=app[keys.CALLS],
-        metrics=app[keys.METRICS],
-        prices=app[keys.PRICES],
+        services=app[keys.SERVICES],
     )
     await bridge.run()
     return ws

@@ -1,0 +1,152 @@
+"""One call's audio in both directions: conversion, playback tracking, barge-in, hold audio.
+
+Formats are settled once the engine session has started (and again after a hand-off to an agent on
+another engine): equal formats pass through untouched, base64 and all; others get one stateful
+converter per direction for the life of the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+
+import structlog
+from aiohttp import web
+
+from gateway.audio import AudioFormat, Converter, ResampleQuality, b64_decoded_len
+from gateway.carriers.base import MediaCodec
+from gateway.engines.base import AudioDelta, EngineSession
+from gateway.metrics import GatewayMetrics
+from gateway.playback import PlaybackTracker
+
+log = structlog.get_logger("gateway.bridge")
+
+# Passthrough splices payloads into JSON frames unparsed, so they must be plain base64.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+HOLD_ITEM = "hold"  # playback item id for hold audio (never truncated into the model's context)
+
+
+class AudioPath:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        codec: MediaCodec,
+        carrier_format: AudioFormat,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._ws = ws
+        self._codec = codec
+        self.carrier_format = carrier_format
+        self._up: Converter | None = None
+        self._down: Converter | None = None
+        self._down_dirty = False
+        self.playback = PlaybackTracker()
+        self._interrupted: set[str] = set()
+        self.bytes_from_caller = 0
+        self.bytes_to_caller = 0
+        self.agent_audio_sent_at = 0.0  # monotonic time of the last agent audio written
+        self._cpu_up = metrics.transcode_cpu_seconds_total.labels("caller_to_model")
+        self._cpu_down = metrics.transcode_cpu_seconds_total.labels("model_to_caller")
+
+    def negotiate(self, session: EngineSession, quality: ResampleQuality) -> None:
+        """Set up conversion for the formats the session settled on (passthrough where they match)."""
+        carrier = self.carrier_format
+        self._up = (
+            Converter(carrier, session.input_format, quality) if session.input_format != carrier else None
+        )
+        self._down = (
+            Converter(session.output_format, carrier, quality) if session.output_format != carrier else None
+        )
+        self._down_dirty = False
+        self.playback = PlaybackTracker(model_bytes_per_ms=session.output_format.bytes_per_second / 1000)
+        log.info(
+            "engine.audio",
+            to_model=f"{session.input_format.encoding}/{session.input_format.rate_hz}",
+            from_model=f"{session.output_format.encoding}/{session.output_format.rate_hz}",
+            transcoding=self._up is not None or self._down is not None,
+        )
+
+    # -- caller → model ---------------------------------------------------------------------------
+
+    async def caller_audio(self, session: EngineSession, payload_b64: str) -> None:
+        if self._up is None:
+            if not _BASE64.fullmatch(payload_b64):
+                log.warning("carrier.bad_frame", error="media payload is not base64")
+                return
+            self.bytes_from_caller += b64_decoded_len(payload_b64)
+            await session.send_audio(payload_b64)
+            return
+        try:
+            caller_audio = base64.b64decode(payload_b64, validate=True)
+        except binascii.Error:
+            log.warning("carrier.bad_frame", error="media payload is not base64")
+            return
+        self.bytes_from_caller += len(caller_audio)
+        cpu = time.thread_time()
+        model_audio = self._up.convert(caller_audio)
+        self._cpu_up.inc(time.thread_time() - cpu)
+        if model_audio:
+            await session.send_audio(base64.b64encode(model_audio).decode("ascii"))
+
+    # -- model → caller ---------------------------------------------------------------------------
+
+    async def model_audio(self, event: AudioDelta) -> bool:
+        """Forward one model audio delta; False when it was dropped (interrupted, malformed)."""
+        if event.item_id in self._interrupted:
+            return False  # audio of a response the caller interrupted, still in flight from the model
+        if self._down is None:
+            if not _BASE64.fullmatch(event.audio_b64):
+                log.warning("engine.bad_frame", error="audio delta is not base64")
+                return False
+            nbytes = b64_decoded_len(event.audio_b64)
+            self.playback.received(event.item_id, nbytes)
+            await self.send(event.item_id, event.audio_b64, nbytes)
+            return True
+        try:
+            model_audio = base64.b64decode(event.audio_b64, validate=True)
+        except binascii.Error:
+            log.warning("engine.bad_frame", error="audio delta is not base64")
+            return False
+        self.playback.received(event.item_id, len(model_audio))
+        cpu = time.thread_time()
+        caller_audio = self._down.convert(model_audio)
+        self._cpu_down.inc(time.thread_time() - cpu)
+        self._down_dirty = True
+        if caller_audio:
+            await self.send(event.item_id, base64.b64encode(caller_audio).decode("ascii"), len(caller_audio))
+        return True
+
+    async def send(self, item_id: str, payload_b64: str, nbytes: int) -> None:
+        """Write carrier-format audio, followed by a mark so its playback is confirmed."""
+        await self._ws.send_str(self._codec.media(payload_b64))
+        await self._ws.send_str(self._codec.mark(self.playback.sent(item_id, nbytes)))
+        self.bytes_to_caller += nbytes
+        if item_id != HOLD_ITEM:
+            self.agent_audio_sent_at = time.monotonic()
+
+    async def flush(self, item_id: str | None) -> None:
+        """Emit what the outbound resampler holds back, so the end of a response is not cut off."""
+        if self._down is None or not self._down_dirty:
+            return
+        self._down_dirty = False
+        tail = self._down.flush()
+        if tail and item_id is not None and item_id not in self._interrupted:
+            await self.send(item_id, base64.b64encode(tail).decode("ascii"), len(tail))
+
+    async def clear(self) -> None:
+        await self._ws.send_str(self._codec.clear())
+
+    def interrupt(self) -> tuple[str, int] | None:
+        """On barge-in: forget queued playback; returns (item, audio_end_ms) to truncate, if any.
+
+        Called before any await, so mark echoes answering the `clear` cannot count as heard audio.
+        """
+        cut = self.playback.interrupt()
+        if self._down is not None and self._down_dirty:
+            self._down.flush()  # discard: the interrupted speech must not leak into the next response
+            self._down_dirty = False
+        if cut is not None:
+            self._interrupted.add(cut[0])
+        return cut
