@@ -11,7 +11,7 @@ import asyncio
 import base64
 import itertools
 import json
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
@@ -31,7 +31,11 @@ class FakeRealtimeConnection:
 
     def __init__(self, server: FakeRealtimeServer, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.server = server
-        self.dialect = server.dialect
+        # A server in "auto" mode (hand-off tests) speaks each connection's own dialect, told apart
+        # by the OpenAI-Beta header.
+        self.dialect: Dialect = server.dialect if server.dialect != "auto" else (
+            "beta" if request.headers.get("OpenAI-Beta") == "realtime=v1" else "ga"
+        )
         self.ws = ws
         self.headers = dict(request.headers)
         self.model = request.query.get("model")
@@ -174,7 +178,7 @@ class FakeRealtimeConnection:
 class FakeRealtimeServer:
     """Serves `/v1/realtime`; one FakeRealtimeConnection per accepted socket."""
 
-    def __init__(self, dialect: Dialect, *, api_key: str = "sk-test") -> None:
+    def __init__(self, dialect: Dialect | Literal["auto"], *, api_key: str = "sk-test") -> None:
         self.dialect = dialect
         self.api_key = api_key
         self.problems: list[str] = []
@@ -204,7 +208,9 @@ class FakeRealtimeServer:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             self.problems.append("handshake: wrong or missing Authorization header")
         beta_header = request.headers.get("OpenAI-Beta")
-        if self.dialect == "beta" and beta_header != "realtime=v1":
+        if self.dialect == "auto":
+            pass
+        elif self.dialect == "beta" and beta_header != "realtime=v1":
             self.problems.append("handshake: beta dialect without OpenAI-Beta: realtime=v1")
         if self.dialect == "ga" and beta_header is not None:
             self.problems.append("handshake: GA dialect must not send OpenAI-Beta")
