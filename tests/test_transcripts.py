@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def failures(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == "transcript.write_failed"]
 
 
@@ -110,7 +111,12 @@ class TestLines:
         raw = writer.path.read_text(encoding="utf-8")
         assert raw.count("\n") == 4
         assert raw.endswith("\n")
-        assert [line["event"] for line in lines(writer.path)] == ["call.started", "caller", "agent", "call.ended"]
+        assert [line["event"] for line in lines(writer.path)] == [
+            "call.started",
+            "caller",
+            "agent",
+            "call.ended",
+        ]
 
     def test_record_shape(self, tmp_path: Path) -> None:
         """A line is {"t": UTC ISO-8601 with ms, "event": ..., **fields}, in that key order."""

@@ -33,8 +33,10 @@ class FakeRealtimeConnection:
         self.server = server
         # A server in "auto" mode (hand-off tests) speaks each connection's own dialect, told apart
         # by the OpenAI-Beta header.
-        self.dialect: Dialect = server.dialect if server.dialect != "auto" else (
-            "beta" if request.headers.get("OpenAI-Beta") == "realtime=v1" else "ga"
+        self.dialect: Dialect = (
+            server.dialect
+            if server.dialect != "auto"
+            else ("beta" if request.headers.get("OpenAI-Beta") == "realtime=v1" else "ga")
         )
         self.ws = ws
         self.headers = dict(request.headers)
