@@ -109,7 +109,7 @@ def pick_carrier(config: GatewayConfig, requested: str | None) -> CarrierName:
 
 
 def _check(config: GatewayConfig, dial: DialRequest) -> CarrierName:
-    """Every check that needs no carrier: the agent, the carrier, the numbers, the prefixes."""
+    """Every check made before anything is dialled: agent, carrier, numbers, prefixes; the carrier."""
     if dial.agent not in config.agents:
         raise Refused(400, "unknown_agent", "agent: no agent of that name under agents", "agent")
     carrier = pick_carrier(config, dial.carrier)
@@ -160,14 +160,14 @@ async def _dial(app: web.Application, carrier: CarrierName, dial: DialRequest) -
     if 200 <= status < 300 and isinstance(call_id, str) and call_id:
         return call_id
     code, message = _carrier_error(body)
-    # The carrier's message may quote the numbers: it goes back to the caller of the API, not the log.
-    log.warning("outbound.failed", carrier=carrier, status=status, code=code)
     if status == 0:
         error = f"{carrier} did not answer"
     elif 200 <= status < 300:
         error = f"{carrier} answered without a call id"
     else:
         error = f"{carrier} refused the call ({status}): {str(message or 'no message')[:300]}"
+    # The carrier's message may quote the numbers: it goes back to the API's caller, never to the log
+    # (the log line has only the status and code, as `extra`).
     raise Refused(502, "carrier_failed", error, carrier_status=status or None, carrier_code=code)
 
 
@@ -180,7 +180,7 @@ async def place_call(request: web.Request) -> web.Response:
         carrier = _check(app[keys.CONFIG], dial)
         call_id = await _place(app, carrier, dial)
     except Refused as exc:
-        log.warning("outbound.refused", reason=exc.reason, field=exc.field, status=exc.status)
+        log.warning("outbound.refused", reason=exc.reason, field=exc.field, status=exc.status, **exc.extra)
         return exc.response()
     log.info("outbound.placed", carrier=carrier, agent=dial.agent, call_id=call_id)
     return web.json_response({"call_id": call_id, "carrier": carrier, "agent": dial.agent}, status=201)

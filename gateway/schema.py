@@ -311,6 +311,15 @@ class GatewayConfig(_Section):
     # E.164 prefixes outbound calls may dial (e.g. "+1555"); empty: outbound calls are refused.
     allowed_outbound_prefixes: list[str] = Field(default_factory=list)
 
+    @field_validator("allowed_outbound_prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            # At least a country code: "+" or "" would let a leaked admin token dial anything.
+            if not re.fullmatch(r"\+[1-9]\d{0,14}", prefix):
+                raise ValueError(f"{prefix!r} must be '+' and at least one digit, e.g. \"+1555\"")
+        return value
+
     def agent_for(self, called_number: str) -> str | None:
         """The agent that answers calls to `called_number`: its route, else the default, else None."""
         return self.routes.get(called_number, self.default_agent)

@@ -424,6 +424,17 @@ class FakeTelnyx:
             "call.answered", payload, timestamp=timestamp, signature=signature
         )
 
+    async def dialed_call_answered(
+        self, call_control_id: str, *, to: str, from_: str, client_state: str | None = None
+    ) -> tuple[int, str]:
+        """`call.answered` for a call the gateway dialed (`POST /v2/calls`): direction `outgoing`."""
+        self._legs.pop(call_control_id, None)
+        self._leg(call_control_id, to=to, from_=from_)
+        payload = self._payload(
+            call_control_id, state="answered", direction="outgoing", client_state=client_state
+        )
+        return await self.call_control_event("call.answered", payload)
+
     async def call_hangup(
         self,
         call_control_id: str,
@@ -536,15 +547,19 @@ class FakeTelnyx:
 
 
 class FakeTelnyxApi:
-    """Telnyx's v2 Call Control API: records `POST /v2/calls/{id}/actions/{action}` and checks the key."""
+    """Telnyx's v2 Call Control API: records `POST /v2/calls/{id}/actions/{action}` (answer, hangup,
+    streaming_start, …) and dials (`POST /v2/calls`), and checks the key."""
 
     def __init__(self, api_key: str = API_KEY) -> None:
         self.auth = f"Bearer {api_key}"
         self.actions: list[tuple[str, str, dict[str, Any]]] = []  # (call_control_id, action, JSON body)
         self.problems: list[str] = []
         self.status_for: dict[tuple[str, str], int] = {}  # (call_control_id, action) -> HTTP status
+        self.dials: list[dict[str, Any]] = []  # the JSON body of each `POST /v2/calls`, in order
+        self.dial_status = 200  # anything else: a Telnyx error body with that status
         self._changed = asyncio.Condition()
         app = web.Application()
+        app.router.add_post("/v2/calls", self._dial)
         # call_control_id contains ":" ("v3:…"); match any one path segment.
         app.router.add_post("/v2/calls/{call_control_id:[^/]+}/actions/{action}", self._action)
         self._server = TestServer(app, host="127.0.0.1")
@@ -591,6 +606,33 @@ class FakeTelnyxApi:
                 {"errors": [{"code": str(status), "title": "fake error"}]}, status=status
             )
         return web.json_response({"data": {"result": "ok"}})
+
+    async def _dial(self, request: web.Request) -> web.Response:
+        """Dial (§D.2 `POST /v2/calls`): answers the new call's ids, as Telnyx does before it rings."""
+        if request.headers.get("Authorization") != self.auth:
+            self.problems.append("dial without the API key as a Bearer token")
+            return web.json_response(
+                {"errors": [{"code": "10009", "title": "Authentication failed"}]}, status=401
+            )
+        if request.content_type != "application/json":
+            self.problems.append(f"dial sent as {request.content_type}, not application/json")
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            self.problems.append("dial body is not JSON")
+            body = {}
+        self.dials.append(body)
+        if self.dial_status != 200:
+            error = {"code": "10010", "title": "Invalid destination", "detail": "fake dial error"}
+            return web.json_response({"errors": [error]}, status=self.dial_status)
+        data = {
+            "record_type": "call",
+            "call_control_id": new_call_control_id(),
+            "call_leg_id": str(uuid.uuid4()),
+            "call_session_id": str(uuid.uuid4()),
+            "is_alive": False,
+        }
+        return web.json_response({"data": data})
 
     def hangups(self) -> list[str]:
         return [cid for cid, action, _ in self.actions if action == "hangup"]

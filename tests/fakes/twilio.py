@@ -185,26 +185,35 @@ class FakeTwilio:
         call_sid: str | None = None,
         method: str = "POST",
         signature: str | None = None,
+        direction: str = "inbound",
+        query: str = "",
     ) -> tuple[int, str]:
-        """Post the voice webhook as Twilio does; returns (status, body)."""
+        """Post the voice webhook as Twilio does; returns (status, body).
+
+        `direction="outbound-api"` is the fetch for a call placed through the REST API; `query` is the
+        query string of the webhook URL (signed with it, as Twilio signs the URL it requests, §C.3).
+        """
         params = {
             "CallSid": call_sid or f"CA{next(_sids):032x}",
             "AccountSid": ACCOUNT_SID,
             "From": from_,
             "To": to,
-            "CallStatus": "ringing",
+            "CallStatus": "ringing" if direction == "inbound" else "in-progress",
             "ApiVersion": "2010-04-01",
-            "Direction": "inbound",
+            "Direction": direction,
         }
+        path = "/twilio/voice" + (f"?{query}" if query else "")
         if method == "POST":
-            signed = self.validator.compute_signature(self.public_url + "/twilio/voice", params)
+            signed = self.validator.compute_signature(self.public_url + path, params)
             async with self.http.post(
-                self.gateway_url + "/twilio/voice",
+                self.gateway_url + path,
                 data=params,
                 headers={"X-Twilio-Signature": signature or signed},
             ) as response:
                 return response.status, await response.text()
-        query = "&".join(f"{k}={v}" for k, v in params.items()).replace("+", "%2B")
+        query = (f"{query}&" if query else "") + "&".join(f"{k}={v}" for k, v in params.items()).replace(
+            "+", "%2B"
+        )
         signed = self.validator.compute_signature(f"{self.public_url}/twilio/voice?{query}", {})
         async with self.http.get(
             f"{self.gateway_url}/twilio/voice?{query}", headers={"X-Twilio-Signature": signature or signed}
@@ -267,7 +276,7 @@ class FakeTwilio:
 
 
 class FakeTwilioApi:
-    """Twilio's REST API: records call updates (hang-ups) and checks basic auth."""
+    """Twilio's REST API: records call updates (hang-ups) and created calls, and checks basic auth."""
 
     def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
         self.auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
@@ -275,9 +284,13 @@ class FakeTwilioApi:
         self.updates: list[tuple[str, dict[str, str]]] = []
         self.problems: list[str] = []
         self.status_for: dict[str, int] = {}  # call sid -> HTTP status to answer with
+        self.created: list[dict[str, str]] = []  # the form of each `POST …/Calls.json`, in order
+        self.created_sids: list[str] = []
+        self.create_status = 201  # anything else: a Twilio error body (code 21215) with that status
         self._changed = asyncio.Condition()
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls/{call}.json", self._update)
+        app.router.add_post("/2010-04-01/Accounts/{account}/Calls.json", self._create)
         self._server = TestServer(app, host="127.0.0.1")
 
     @property
@@ -307,6 +320,26 @@ class FakeTwilioApi:
             return web.json_response({"code": 20404, "message": "not found", "status": 404}, status=404)
         return web.json_response(
             {"sid": call_sid, "status": form.get("Status", "in-progress")}, status=status
+        )
+
+    async def _create(self, request: web.Request) -> web.Response:
+        """Create a call (the Calls list resource): 201 with the new call's `sid`, status `queued`."""
+        if request.headers.get("Authorization") != self.auth:
+            self.problems.append("call create without the account's basic auth")
+            return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
+        if request.match_info["account"] != self.account_sid:
+            self.problems.append("call create for another account")
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.created.append(form)
+        if self.create_status != 201:
+            message = "Permission to call this number has not been enabled"
+            body = {"code": 21215, "message": message, "status": self.create_status}
+            return web.json_response(body, status=self.create_status)
+        sid = f"CA{next(_sids):032x}"
+        self.created_sids.append(sid)
+        return web.json_response(
+            {"sid": sid, "account_sid": self.account_sid, "status": "queued", "direction": "outbound-api"},
+            status=201,
         )
 
     def hangups(self) -> list[str]:
