@@ -47,6 +47,7 @@ class AudioPath:
         self.bytes_from_caller = 0
         self.bytes_to_caller = 0
         self.agent_audio_sent_at = 0.0  # monotonic time of the last agent audio written
+        self.agent_audio_frames = 0  # agent audio frames written (hold audio not counted)
         self._cpu_up = metrics.transcode_cpu_seconds_total.labels("caller_to_model")
         self._cpu_down = metrics.transcode_cpu_seconds_total.labels("model_to_caller")
 
@@ -125,6 +126,7 @@ class AudioPath:
         self.bytes_to_caller += nbytes
         if item_id != HOLD_ITEM:
             self.agent_audio_sent_at = time.monotonic()
+            self.agent_audio_frames += 1
 
     async def flush(self, item_id: str | None) -> None:
         """Emit what the outbound resampler holds back, so the end of a response is not cut off."""

@@ -71,7 +71,8 @@ class CallFeatures:
         self._dtmf_task: asyncio.Task[Any] | None = None
         self._turns: deque[str] = deque(maxlen=SUMMARY_TURNS)
         self._progress = asyncio.Condition()
-        self._turns_done = 0
+        self._turns_done = 0  # agent turns that carried audio
+        self._frames_at_turn_end = 0
         self._last_caller_activity = time.monotonic()
         self._idle_prompts_used = 0
         self._ending = False
@@ -123,8 +124,13 @@ class CallFeatures:
     async def on_progress(self, turn_done: bool = False) -> None:
         """A mark echo or the end of an agent turn: wakes whoever waits for speech to be heard."""
         async with self._progress:
-            if turn_done:
+            frames = self._host.audio.agent_audio_frames
+            # A turn without audio is not one the caller hears: above all the end of the response
+            # that called a tool, which may come after the tool answered and must not pass for the
+            # goodbye (or "transferring you") that answers the tool's output.
+            if turn_done and frames > self._frames_at_turn_end:
                 self._turns_done += 1
+                self._frames_at_turn_end = frames
             self._progress.notify_all()
 
     def on_tool_call(self, call: ToolCall) -> None:
@@ -144,8 +150,10 @@ class CallFeatures:
     def summary(self) -> str:
         return " | ".join(self._turns) or "(nothing said yet)"
 
-    async def wait_spoken(self, timeout_s: float = SPOKEN_TIMEOUT_S) -> None:
+    async def wait_spoken(self, timeout_s: float | None = None) -> None:
         """Wait until the agent has finished a turn after now and the caller has heard all of it."""
+        # Read at call time, not bound as a default when the module loads.
+        timeout_s = SPOKEN_TIMEOUT_S if timeout_s is None else timeout_s
         start = self._turns_done
         playback = self._host.audio
 

@@ -168,6 +168,58 @@ class FakeRealtimeConnection:
             }
         )
 
+    async def function_call(
+        self,
+        call_id: str,
+        name: str,
+        arguments: str,
+        *,
+        response_id: str | None = None,
+        item_id: str | None = None,
+        status: str = "completed",
+        streamed: bool = False,
+    ) -> None:
+        """`response.output_item.done` with a `function_call` item (§B.5 step 1).
+
+        `status="incomplete"` is a call cut short (its `arguments` may be a fragment). With
+        `streamed=True` the item's `output_item.added`, one `function_call_arguments.delta` and
+        `function_call_arguments.done` come first, as the server streams them.
+        """
+        response_id = response_id or _id("resp")
+        item: dict[str, Any] = {
+            "id": item_id or _id("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": status,
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+        }
+        where = {"response_id": response_id, "output_index": 0}
+        if streamed:
+            added = {**item, "status": "in_progress", "arguments": ""}
+            await self.send({"type": "response.output_item.added", **where, "item": added})
+            ids = {**where, "item_id": item["id"], "call_id": call_id}
+            await self.send({"type": "response.function_call_arguments.delta", **ids, "delta": arguments})
+            done = {**ids, "arguments": arguments, **({"name": name} if self.dialect == "ga" else {})}
+            await self.send({"type": "response.function_call_arguments.done", **done})
+        await self.send({"type": "response.output_item.done", **where, "item": item})
+
+    async def agent_transcript(self, text: str, *, response_id: str, item_id: str) -> None:
+        """The transcript of an agent audio item, in the dialect's spelling."""
+        await self.send(
+            {
+                "type": "response.output_audio_transcript.done"
+                if self.dialect == "ga"
+                else "response.audio_transcript.done",
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "transcript": text,
+            }
+        )
+
     async def error(self, code: str, message: str = "fake error") -> None:
         await self.send(
             {"type": "error", "error": {"type": "invalid_request_error", "code": code, "message": message}}

@@ -141,6 +141,10 @@ class FakeTwilioCall:
     async def stop(self) -> None:
         await self.send({"event": "stop", "stop": {"accountSid": ACCOUNT_SID, "callSid": self.call_sid}})
 
+    async def dtmf(self, digit: str) -> None:
+        """A key press (§C.4 `dtmf` frame)."""
+        await self.send({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": digit}})
+
     # -- waiting on what the gateway sent -------------------------------------------------------
 
     def of_type(self, event: str) -> list[dict[str, Any]]:
@@ -344,6 +348,16 @@ class FakeTwilioApi:
 
     def hangups(self) -> list[str]:
         return [sid for sid, form in self.updates if form.get("Status") == "completed"]
+
+    def updates_of(self, call_sid: str) -> list[dict[str, str]]:
+        """The forms of every update of `call_sid` (hang-ups, TwiML transfers), in order."""
+        return [form for sid, form in self.updates if sid == call_sid]
+
+    async def wait_update(self, call_sid: str, count: int = 1) -> list[dict[str, str]]:
+        """Wait until `count` updates of `call_sid` arrived; returns all of them."""
+        async with asyncio.timeout(WAIT_S), self._changed:
+            await self._changed.wait_for(lambda: len(self.updates_of(call_sid)) >= count)
+        return self.updates_of(call_sid)
 
     async def wait_hangup(self, call_sid: str) -> None:
         async with asyncio.timeout(WAIT_S), self._changed:
