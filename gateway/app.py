@@ -13,7 +13,6 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import keys, outbound
 from gateway.accounting import PriceBook
-from gateway.bridge import Services
 from gateway.calls import CallRegistry
 from gateway.carriers import telnyx_routes, twilio_routes
 from gateway.carriers.telnyx import TelnyxCarrier
@@ -24,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.hold import HoldClip, load_hold_clip
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable
+from gateway.services import Services
 from gateway.tokens import MediaTokens
 
 log = structlog.get_logger("gateway.app")

@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
-import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
-from gateway.accounting import CallAccounting, PriceBook
-from gateway.audio import ALAW_8K, ULAW_8K, AudioFormat
+from gateway.accounting import CallAccounting
 from gateway.audio_path import AudioPath
-from gateway.calls import CallRegistry
 from gateway.carriers.base import Carrier, Dtmf, MarkEcho, Media, StreamStart, StreamStop
-from gateway.config import AnyAgentConfig, GatewayConfig
+from gateway.config import AnyAgentConfig
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
-    EngineFactory,
     EngineFailure,
     EngineSession,
     InputCommitted,
@@ -41,51 +35,10 @@ from gateway.engines.base import (
 )
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
-from gateway.hold import HoldClip
-from gateway.metrics import GatewayMetrics
+from gateway.services import END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
 
 log = structlog.get_logger("gateway.bridge")
-
-EndReason = Literal[
-    "caller_hangup",
-    "carrier_timeout",
-    "engine_closed",
-    "engine_error",
-    "engine_connect_failed",
-    "max_duration",
-    "agent_hangup",
-    "idle_timeout",
-    "transferred",
-    "shutdown",
-    "error",
-    "rejected",
-]
-# Endings after which the caller is no longer ours to hang up.
-_NO_HANGUP = frozenset({"caller_hangup", "transferred"})
-# When both tasks finish together, the more telling reason wins: an engine failure explains the
-# caller hang-up that follows it, not the other way round.
-_PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, "carrier_timeout": 1}
-_CARRIER_FORMATS = {"PCMU": ULAW_8K, "AUDIO/X-MULAW": ULAW_8K, "PCMA": ALAW_8K, "AUDIO/X-ALAW": ALAW_8K}
-
-
-def carrier_format(encoding: str) -> AudioFormat | None:
-    """The G.711 law a carrier's `start` frame announces (Twilio `audio/x-mulaw`, Telnyx `PCMU`/`PCMA`);
-    None for anything else (G722, OPUS, L16), which the bridge does not carry."""
-    return _CARRIER_FORMATS.get(encoding.upper())
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """The process-wide things every call uses."""
-
-    config: GatewayConfig
-    engines: EngineFactory
-    registry: CallRegistry
-    metrics: GatewayMetrics
-    prices: PriceBook
-    http: aiohttp.ClientSession
-    hold_clips: dict[str, HoldClip] = field(default_factory=dict)
 
 
 class CallBridge:
@@ -244,7 +197,7 @@ class CallBridge:
             if not done:
                 log.info("call.max_duration", max_call_duration_s=self._agent.max_call_duration_s)
                 return "max_duration"
-            return max((self._outcome(task) for task in done), key=lambda r: _PRIORITY.get(r, 0))
+            return max((self._outcome(task) for task in done), key=lambda r: END_PRIORITY.get(r, 0))
         except EngineError as exc:
             # From start(): the model refused the session or declared audio the bridge cannot carry.
             log.error("engine.failed", error=str(exc), code=exc.code, retryable=exc.retryable)
@@ -274,7 +227,7 @@ class CallBridge:
             if self._session is not None:
                 await self._session.aclose()
         finally:
-            if reason not in _NO_HANGUP:
+            if reason not in NO_HANGUP:
                 # The caller is still on the line: end the call at the carrier, not just our stream.
                 await self.carrier.hangup(self.call_id)
 

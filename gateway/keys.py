@@ -8,7 +8,6 @@ import aiohttp
 from aiohttp import web
 
 from gateway.accounting import PriceBook
-from gateway.bridge import Services
 from gateway.calls import CallRegistry
 from gateway.carriers.telnyx import TelnyxCarrier
 from gateway.carriers.twilio import TwilioCarrier
@@ -16,6 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.engines.base import EngineFactory
 from gateway.hold import HoldClip
 from gateway.metrics import GatewayMetrics
+from gateway.services import Services
 from gateway.tokens import MediaTokens
 
 CONFIG = web.AppKey("config", GatewayConfig)

@@ -18,10 +18,11 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from gateway import keys
-from gateway.bridge import CallBridge, carrier_format
+from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
 from gateway.errors import ProtocolError
+from gateway.services import carrier_format
 from gateway.tokens import Grant
 
 log = structlog.get_logger("gateway.telnyx")

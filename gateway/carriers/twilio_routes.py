@@ -10,10 +10,11 @@ from aiohttp import WSMsgType, web
 from multidict import MultiDict, MultiDictProxy
 
 from gateway import keys
-from gateway.bridge import CallBridge, carrier_format
+from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.errors import ProtocolError
+from gateway.services import carrier_format
 from gateway.tokens import Grant
 
 log = structlog.get_logger("gateway.twilio")
