@@ -35,6 +35,7 @@ from gateway.engines.base import (
 )
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
+from gateway.reconnect import SessionKeeper
 from gateway.services import END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
 
@@ -68,11 +69,20 @@ class CallBridge:
         self._accounting: CallAccounting | None = None
         self._features: CallFeatures | None = None
         self._end_reason: EndReason | None = None
+        self._keeper = SessionKeeper(self, services.engines, services.config.server.reconnect, self._metrics)
 
     @property
     def session(self) -> EngineSession:
         assert self._session is not None
         return self._session
+
+    @session.setter
+    def session(self, session: EngineSession) -> None:
+        self._session = session
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        return self._end_reason
 
     def snapshot(self) -> dict[str, object]:
         """The live view of this call for `GET /calls`: no phone numbers."""
@@ -184,6 +194,7 @@ class CallBridge:
         try:
             await self._session.start()
             self.audio.negotiate(self._session, self._agent.resample_quality)
+            self._keeper.started(self._session, self._agent)
             if self._accounting is not None:
                 self._accounting.engine_started()
             self._features.start()
@@ -210,6 +221,7 @@ class CallBridge:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._keeper.aclose()
 
     @staticmethod
     def _outcome(task: asyncio.Task[EndReason]) -> EndReason:
@@ -254,12 +266,16 @@ class CallBridge:
         old, self._session = self._session, session
         self.audio.negotiate(session, agent.resample_quality)
         previous, self._agent_name, self._agent = self._agent_name, agent_name, agent
+        self._keeper.started(session, agent)
         if self._features is not None:
             self._features.set_agent(agent_name, agent)
         log.info("call.handoff", from_agent=previous, to_agent=agent_name)
         if old is not None:
             await old.aclose()  # its events() end; the downlink carries on with the new session
         return True
+
+    async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        await self._keeper.send_tool_result(call_id, output, is_error)
 
     # -- caller → model ---------------------------------------------------------------------------
 
@@ -299,14 +315,8 @@ class CallBridge:
 
     async def _downlink(self) -> EndReason:
         try:
-            while True:
-                session = self.session
-                await self._read_model(session)
-                if self._end_reason is not None:
-                    return self._end_reason
-                if self._session is session:
-                    return "engine_closed"
-                # Handed off: the old session closed; carry on with the new one.
+            # Session after session: hand-offs, reconnects and rollovers replace the one being read.
+            return await self._keeper.run(self._read_model)
         except ConnectionResetError:
             # Engine sessions swallow resets of their own socket, so this one is the carrier's.
             log.info("carrier.closed")
@@ -318,6 +328,7 @@ class CallBridge:
         async for event in session.events():
             if session is not self._session:
                 break  # a late event of a session already handed off
+            self._keeper.observe(session, event)
             if isinstance(event, AudioDelta):
                 if await self.audio.model_audio(event):
                     accounting.agent_audio_sent()
@@ -345,7 +356,7 @@ class CallBridge:
             elif isinstance(event, EngineFailure):
                 self._metrics.engine_errors_total.labels(self._agent.engine, event.code[:64]).inc()
                 if event.fatal:
-                    raise EngineError(event.message, code=event.code)
+                    raise EngineError(event.message, code=event.code, retryable=event.retryable)
                 # Non-fatal errors (a rejected truncate, a cancel with nothing in flight) are survived.
                 log.warning("engine.error", code=event.code, message=event.message)
 

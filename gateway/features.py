@@ -50,6 +50,9 @@ class Host(Protocol):
     async def handoff(self, agent_name: str, context: str) -> bool:
         """Switch the call to another agent; False if the new session could not be started."""
 
+    async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        """Answer a ToolCall (as text, if the session that made it was replaced since)."""
+
 
 class CallFeatures:
     def __init__(
@@ -195,7 +198,7 @@ class CallFeatures:
         if isinstance(action, Handoff):
             await self._handoff(action.agent)
             return
-        await self._host.session.send_tool_result(call.call_id, outcome.output, outcome.is_error)
+        await self._host.send_tool_result(call.call_id, outcome.output, outcome.is_error)
         if isinstance(action, EndCall):
             await self._end_after_goodbye("agent_hangup")
         elif isinstance(action, Transfer):

@@ -1,7 +1,7 @@
 """Prometheus metrics, registered on an injected registry (a fresh one per test, the default in production).
 
 Labels come only from small closed sets (carrier, agent, engine, model, kind, component, outcome,
-status, reason, direction): never call ids or phone numbers.
+status, reason, direction, result): never call ids or phone numbers.
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ class GatewayMetrics:
             "gateway_engine_errors",
             "Error events and failures reported by the model side, by code.",
             ["engine", "code"],
+            registry=registry,
+        )
+        self.engine_reconnects_total = Counter(
+            "gateway_engine_reconnects",
+            "Model sessions replaced mid-call, by result: ok (reconnected after a drop), failed (gave "
+            "up; the call ended), rollover (planned, before the session's maximum length), "
+            "rollover_failed (the replacement could not be opened; the old session carries on).",
+            ["engine", "result"],
             registry=registry,
         )
         self.transcode_cpu_seconds_total = Counter(

@@ -28,6 +28,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ReconnectConfig(_Section):
+    """How a call survives its model socket dropping (README "Model reconnects")."""
+
+    attempts: int = Field(3, ge=0, le=10)  # 0: never reconnect; a drop ends the call
+    # Wait before attempt 1, 2, 3… (the last value repeats), each stretched or shrunk by up to `jitter`.
+    backoff_s: list[Annotated[float, Field(ge=0, le=60)]] = Field(
+        default_factory=lambda: [0.25, 1.0, 2.0], min_length=1
+    )
+    jitter: float = Field(0.2, ge=0, le=1)
+    # The most silence a reconnect may cost the caller, connects included; then the call ends.
+    budget_s: float = Field(15.0, gt=0)
+    replay_turns: int = Field(40, ge=0)  # how much of the conversation the new session is given
+    replay_chars: int = Field(8000, ge=0)
+    # OpenAI sessions end at a maximum length (60 minutes today): open the next one this long after
+    # the current one started, at a quiet moment. null: never.
+    rollover_after_s: float | None = Field(3300.0, gt=0)
+    rollover_wait_s: float = Field(20.0, ge=0)  # the longest wait for that quiet moment
+
+
 class ServerConfig(_Section):
     # Binding every interface is what a container needs; operators narrow it with `host:`.
     host: str = "0.0.0.0"  # noqa: S104
@@ -36,6 +55,7 @@ class ServerConfig(_Section):
     drain_timeout_s: float = Field(30.0, ge=0)
     max_concurrent_calls: int = Field(200, ge=1)
     admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
 
     @field_validator("public_url")
     @classmethod

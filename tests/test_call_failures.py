@@ -27,13 +27,14 @@ def ended(gw: Gateway, outcome: str) -> float:
 
 class TestModelFailure:
     async def test_model_socket_dying_hangs_up_through_rest(self, start_gateway: StartGateway) -> None:
-        """The model socket closing mid-call ends the call: REST hang-up, media socket closed."""
+        """The model socket closing mid-call for a reason a new socket would not cure (1008, policy)
+        ends the call: REST hang-up, media socket closed. (Retryable drops: test_reconnect.py.)"""
         gw = await start_gateway()
         call = await gw.twilio.call()
         model = await gw.model.next_connection()
         await call.send_audio(tone_ulaw(100))
         await model.wait_audio(1)
-        await model.close(code=1011)
+        await model.close(code=1008)
         await gw.twilio_api.wait_hangup(call.call_sid)
         assert gw.twilio_api.updates[-1] == (call.call_sid, {"Status": "completed"})
         await call.wait_closed()

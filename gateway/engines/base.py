@@ -8,7 +8,7 @@ never decodes a payload.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -92,11 +92,22 @@ class ResponseDone:
 
 @dataclass(frozen=True, slots=True)
 class EngineFailure:
-    """An error the model reported. `fatal` ones end the call; the rest are logged and survived."""
+    """An error the model reported. `fatal` ones end the session; the rest are logged and survived.
+    A fatal one that is `retryable` (the session expired) ends only the session: the bridge reconnects."""
 
     code: str
     message: str
     fatal: bool
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One finished turn of the conversation, replayed into a new session after a reconnect.
+    `tool` turns say which tool the agent used and what it returned."""
+
+    role: Literal["caller", "agent", "tool"]
+    text: str
 
 
 EngineEvent = (
@@ -124,12 +135,21 @@ class EngineSession(Protocol):
     input_format: AudioFormat
     output_format: AudioFormat
 
+    @property
+    def close_code(self) -> int | None:
+        """The model socket's close code once `events()` has ended (None: no code was received)."""
+
     async def start(self, context: str | None = None) -> None:
         """Configure the session and have the agent speak first (its first message, if any).
 
         `context` is what a previous agent hands over (a summary of the call so far): the new agent
         knows it and greets the caller as the one taking over.
         """
+
+    async def resume(self, turns: Sequence[Turn], instructions: str | None) -> None:
+        """Configure the session like `start()`, but to carry on a conversation another session began
+        (after a reconnect): `turns` become its context and nobody is greeted. With `instructions`,
+        the agent speaks at once, following them."""
 
     async def send_audio(self, audio_b64: str) -> None: ...
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,9 @@ from gateway.engines.base import (
     SpeechStopped,
     ToolCall,
     Transcript,
+    Turn,
 )
+from gateway.engines.replay import context_text
 from gateway.errors import EngineError, ProtocolError
 
 log = structlog.get_logger("gateway.elevenlabs")
@@ -53,13 +55,19 @@ def audio_format(name: str) -> AudioFormat:
     raise EngineError(f"unsupported ElevenLabs audio format {name!r} (set ulaw_8000 or pcm_* on the agent)")
 
 
-def initiation_data(agent: ElevenLabsAgentConfig) -> dict[str, Any]:
-    """`conversation_initiation_client_data` with only the overrides the YAML sets (§E.2)."""
+def initiation_data(agent: ElevenLabsAgentConfig, *, resuming: bool = False) -> dict[str, Any]:
+    """`conversation_initiation_client_data` with only the overrides the YAML sets (§E.2).
+
+    `resuming` (a reconnect): an empty first message, so the agent waits instead of greeting the
+    caller again ("empty = agent waits for user", SDK AgentConfig docstring). Sent only when the YAML
+    sets `first_message`, i.e. when that override is enabled on the agent: otherwise ElevenLabs would
+    refuse the conversation, and its stored greeting plays again.
+    """
     agent_override: dict[str, Any] = {}
     if agent.prompt is not None:
         agent_override["prompt"] = {"prompt": agent.prompt}
     if agent.first_message is not None:
-        agent_override["first_message"] = agent.first_message
+        agent_override["first_message"] = "" if resuming else agent.first_message
     if agent.language is not None:
         agent_override["language"] = agent.language
     override: dict[str, Any] = {}
@@ -125,7 +133,26 @@ class ElevenLabsSession:
             log.warning("engine.bad_frame", error="not an object")
 
     async def start(self, context: str | None = None) -> None:
-        await self._send(initiation_data(self._agent))
+        await self._initiate(initiation_data(self._agent))
+        if context is not None:
+            # Non-interrupting context; the agent's own first message greets the caller.
+            await self._send({"type": "contextual_update", "text": f"Taking over a call. So far: {context}"})
+
+    async def resume(self, turns: Sequence[Turn], instructions: str | None) -> None:
+        # A new conversation: ElevenLabs has no way to continue the old one or add turns to this one,
+        # so the turns become background context.
+        await self._initiate(initiation_data(self._agent, resuming=True))
+        if turns:
+            await self._send({"type": "contextual_update", "text": context_text(turns)})
+        if instructions is not None:
+            await self.say(instructions)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
+
+    async def _initiate(self, data: dict[str, Any]) -> None:
+        await self._send(data)
         try:
             async with asyncio.timeout(METADATA_TIMEOUT_S):
                 while True:
@@ -149,9 +176,6 @@ class ElevenLabsSession:
         self.input_format = audio_format(str(metadata.get("user_input_audio_format", "pcm_16000")))
         self.output_format = audio_format(str(metadata.get("agent_output_audio_format", "pcm_16000")))
         log.info("engine.conversation", conversation_id=self.conversation_id)
-        if context is not None:
-            # Non-interrupting context; the agent's own first message greets the caller.
-            await self._send({"type": "contextual_update", "text": f"Taking over a call. So far: {context}"})
 
     async def _pong(self, event: dict[str, Any]) -> None:
         event_id = _obj(event.get("ping_event")).get("event_id")

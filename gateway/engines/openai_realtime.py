@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -32,7 +32,9 @@ from gateway.engines.base import (
     ToolCall,
     Transcript,
     TranscriptionDone,
+    Turn,
 )
+from gateway.engines.replay import openai_items
 from gateway.errors import EngineError, ProtocolError
 from gateway.tools import function_specs
 
@@ -42,6 +44,11 @@ log = structlog.get_logger("gateway.openai")
 FATAL_ERROR_CODES = frozenset(
     {"beta_api_shape_disabled", "invalid_api_key", "session_expired", "insufficient_quota", "model_not_found"}
 )
+# Of those, the ones a new session cures. OpenAI caps a session's length and then sends
+# {"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"Your
+# session hit the maximum duration of 15 minutes."}} (reported in twilio-samples/speech-assistant-
+# openai-realtime-api-python#10 and livekit/agents#1122; the cap has since grown to 60 minutes).
+RETRYABLE_ERROR_CODES = frozenset({"session_expired"})
 CONNECT_TIMEOUT_S = 10.0
 # A dead peer that stops reading would otherwise block sends until max_call_duration_s.
 HEARTBEAT_S = 15.0
@@ -82,6 +89,7 @@ class BetaDialect:
 
     engine: ClassVar[str] = "openai_realtime"
     headers: ClassVar[dict[str, str]] = {"OpenAI-Beta": "realtime=v1"}
+    assistant_text: ClassVar[str] = "text"  # the content part type of an assistant message (§A.3)
 
     @staticmethod
     def session_update(agent: OpenAIAgentConfig, fmt: AudioFormat) -> dict[str, Any]:
@@ -106,6 +114,7 @@ class GADialect:
 
     engine: ClassVar[str] = "openai_realtime_2"
     headers: ClassVar[dict[str, str]] = {}
+    assistant_text: ClassVar[str] = "output_text"  # §B.3: GA assistant parts are output_text/audio
 
     @staticmethod
     def session_update(agent: OpenAIAgentConfig, fmt: AudioFormat) -> dict[str, Any]:
@@ -194,7 +203,7 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
         # An error answering our session.update means the call runs unconfigured (wrong audio
         # format: the caller would hear noise), so it is as fatal as a dead socket.
         fatal = code in FATAL_ERROR_CODES or error.get("event_id") == SESSION_UPDATE_EVENT_ID
-        return EngineFailure(code, str(error.get("message", "")), fatal)
+        return EngineFailure(code, str(error.get("message", "")), fatal, code in RETRYABLE_ERROR_CODES)
     return None
 
 
@@ -233,6 +242,17 @@ class OpenAIRealtimeSession:
             await self.say(handoff_instructions(context, self._agent.first_message))
         elif self._agent.first_message:
             await self.say(first_message_instructions(self._agent.first_message))
+
+    async def resume(self, turns: Sequence[Turn], instructions: str | None) -> None:
+        await self._send(self._dialect.session_update(self._agent, self.input_format))
+        for item in openai_items(turns, self._dialect.assistant_text):
+            await self._send({"type": "conversation.item.create", "item": item})
+        if instructions is not None:
+            await self.say(instructions)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
 
     async def say(self, instructions: str) -> None:
         await self._send({"type": "response.create", "response": {"instructions": instructions}})

@@ -39,6 +39,7 @@ class FakeRealtimeConnection:
             else ("beta" if request.headers.get("OpenAI-Beta") == "realtime=v1" else "ga")
         )
         self.ws = ws
+        self._transport = request.transport
         self.headers = dict(request.headers)
         self.model = request.query.get("model")
         self.received: list[dict[str, Any]] = []
@@ -225,8 +226,13 @@ class FakeRealtimeConnection:
             {"type": "error", "error": {"type": "invalid_request_error", "code": code, "message": message}}
         )
 
-    async def close(self, code: int = 1000) -> None:
-        await self.ws.close(code=code)
+    async def close(self, code: int = 1000, message: str = "") -> None:
+        await self.ws.close(code=code, message=message.encode())
+
+    def drop(self) -> None:
+        """The connection dies without a close frame (a crashed server, a cut network path): RST."""
+        assert self._transport is not None
+        self._transport.abort()
 
 
 class FakeRealtimeServer:
@@ -239,6 +245,10 @@ class FakeRealtimeServer:
         self.connections: asyncio.Queue[FakeRealtimeConnection] = asyncio.Queue()
         self.all_connections: list[FakeRealtimeConnection] = []
         self.refuse_with: int | None = None  # answer the upgrade with this HTTP status instead
+        self.refused: list[int] = []  # the status of each upgrade refused with `refuse_with`
+        self.upgrades = 0  # upgrade requests received, refused or not
+        self._hold: asyncio.Event | None = None
+        self._upgraded = asyncio.Condition()
         app = web.Application()
         app.router.add_get("/v1/realtime", self._handle)
         self._server = TestServer(app, host="127.0.0.1")
@@ -258,6 +268,16 @@ class FakeRealtimeServer:
         async with asyncio.timeout(WAIT_S):
             return await self.connections.get()
 
+    def hold_upgrades(self) -> asyncio.Event:
+        """Keep upgrade requests waiting (a slow handshake) until the returned event is set."""
+        self._hold = asyncio.Event()
+        return self._hold
+
+    async def wait_upgrades(self, count: int) -> None:
+        """Wait until `count` upgrade requests arrived (held, refused or accepted)."""
+        async with asyncio.timeout(WAIT_S), self._upgraded:
+            await self._upgraded.wait_for(lambda: self.upgrades >= count)
+
     def _check_handshake(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             self.problems.append("handshake: wrong or missing Authorization header")
@@ -272,7 +292,13 @@ class FakeRealtimeServer:
             self.problems.append("handshake: no ?model=")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        async with self._upgraded:
+            self.upgrades += 1
+            self._upgraded.notify_all()
+        if self._hold is not None:
+            await self._hold.wait()
         if self.refuse_with is not None:
+            self.refused.append(self.refuse_with)
             return web.Response(status=self.refuse_with, text="refused")
         self._check_handshake(request)
         ws = web.WebSocketResponse()
