@@ -35,7 +35,7 @@ from gateway.engines.base import (
 )
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
-from gateway.services import END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
+from gateway.services import ANNOUNCED, END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
 
 log = structlog.get_logger("gateway.bridge")
@@ -68,6 +68,7 @@ class CallBridge:
         self._accounting: CallAccounting | None = None
         self._features: CallFeatures | None = None
         self._end_reason: EndReason | None = None
+        self._cancelled = False  # torn down by cancellation: hang up at once, no announcement
 
     @property
     def session(self) -> EngineSession:
@@ -119,7 +120,7 @@ class CallBridge:
             try:
                 reason = await self._bridge()
             except asyncio.CancelledError:
-                reason = "shutdown"
+                reason, self._cancelled = "shutdown", True
                 raise
             finally:
                 try:
@@ -229,7 +230,12 @@ class CallBridge:
         finally:
             if reason not in NO_HANGUP:
                 # The caller is still on the line: end the call at the carrier, not just our stream.
-                await self.carrier.hangup(self.call_id)
+                announcements = self._services.config.server.announcements
+                text = getattr(announcements, ANNOUNCED[reason]) if reason in ANNOUNCED else ""
+                if text and not self._cancelled:
+                    await self.carrier.say_and_hangup(self.call_id, text, announcements.language)
+                else:
+                    await self.carrier.hangup(self.call_id)
 
     # -- what the features ask of the bridge ------------------------------------------------------
 
@@ -240,6 +246,10 @@ class CallBridge:
             log.info("call.ending", reason=reason)
             if self._session is not None:
                 await self._session.aclose()
+
+    async def shut_down(self) -> None:
+        """The gateway is stopping and the drain time is up: the carrier says goodbye and hangs up."""
+        await self.end("shutdown")
 
     async def handoff(self, agent_name: str, context: str) -> bool:
         """Move the call to another agent of this config, keeping the carrier call."""
