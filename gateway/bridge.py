@@ -36,7 +36,7 @@ from gateway.engines.base import (
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
 from gateway.reconnect import SessionKeeper
-from gateway.services import END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
+from gateway.services import ANNOUNCED, END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
 
 log = structlog.get_logger("gateway.bridge")
@@ -70,6 +70,7 @@ class CallBridge:
         self._features: CallFeatures | None = None
         self._end_reason: EndReason | None = None
         self._keeper = SessionKeeper(self, services.engines, services.config.server.reconnect, self._metrics)
+        self._cancelled = False  # torn down by cancellation: hang up at once, no announcement
 
     @property
     def session(self) -> EngineSession:
@@ -129,7 +130,7 @@ class CallBridge:
             try:
                 reason = await self._bridge()
             except asyncio.CancelledError:
-                reason = "shutdown"
+                reason, self._cancelled = "shutdown", True
                 raise
             finally:
                 try:
@@ -241,7 +242,12 @@ class CallBridge:
         finally:
             if reason not in NO_HANGUP:
                 # The caller is still on the line: end the call at the carrier, not just our stream.
-                await self.carrier.hangup(self.call_id)
+                announcements = self._services.config.server.announcements
+                text = getattr(announcements, ANNOUNCED[reason]) if reason in ANNOUNCED else ""
+                if text and not self._cancelled:
+                    await self.carrier.say_and_hangup(self.call_id, text, announcements.language)
+                else:
+                    await self.carrier.hangup(self.call_id)
 
     # -- what the features ask of the bridge ------------------------------------------------------
 
@@ -252,6 +258,10 @@ class CallBridge:
             log.info("call.ending", reason=reason)
             if self._session is not None:
                 await self._session.aclose()
+
+    async def shut_down(self) -> None:
+        """The gateway is stopping and the drain time is up: the carrier says goodbye and hangs up."""
+        await self.end("shutdown")
 
     async def handoff(self, agent_name: str, context: str) -> bool:
         """Move the call to another agent of this config, keeping the carrier call."""

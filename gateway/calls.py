@@ -27,6 +27,9 @@ class LiveCall(Protocol):
 
     def snapshot(self) -> dict[str, object]: ...
 
+    async def shut_down(self) -> None:
+        """End the call from our side with a goodbye (its task then tears it down)."""
+
 
 class CallRegistry:
     def __init__(
@@ -97,6 +100,13 @@ class CallRegistry:
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+    async def shut_down_all(self) -> None:
+        """Ask every live call to end with a goodbye; `wait_empty` tells when they have."""
+        calls = list(self._live.values())
+        if calls:
+            log.info("calls.ending", count=len(calls))
+        await asyncio.gather(*(call.shut_down() for call in calls), return_exceptions=True)
 
     async def cancel_all(self) -> None:
         """Cancel every call's owning task and wait for their teardown (sockets closed, logs written)."""

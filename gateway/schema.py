@@ -47,6 +47,20 @@ class ReconnectConfig(_Section):
     rollover_wait_s: float = Field(20.0, ge=0)  # the longest wait for that quiet moment
 
 
+class AnnouncementsConfig(_Section):
+    """What the carrier itself says (its own text-to-speech) before hanging up a call the agent cannot
+    finish: the model is gone or the gateway is shutting down. An empty text means a plain hang-up."""
+
+    language: str = Field("en-US", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    shutdown: str = Field(
+        "We're sorry, we have to end this call now. Please call us again. Goodbye.", max_length=500
+    )
+    engine_failure: str = Field(
+        "We're sorry, we're having technical difficulties. Please call us again later. Goodbye.",
+        max_length=500,
+    )
+
+
 class ServerConfig(_Section):
     # Binding every interface is what a container needs; operators narrow it with `host:`.
     host: str = "0.0.0.0"  # noqa: S104
@@ -56,6 +70,7 @@ class ServerConfig(_Section):
     max_concurrent_calls: int = Field(200, ge=1)
     admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    announcements: AnnouncementsConfig = Field(default_factory=AnnouncementsConfig)
 
     @field_validator("public_url")
     @classmethod
@@ -86,6 +101,9 @@ class TwilioConfig(_Section):
     auth_token: SecretStr
     verify_signatures: bool = True
     api_base_url: str = "https://api.twilio.com"
+    say_voice: str | None = (
+        None  # <Say voice=…> for announcements, e.g. Polly.Joanna; Twilio's default if unset
+    )
 
     @field_validator("auth_token")
     @classmethod
@@ -106,6 +124,7 @@ class TelnyxConfig(_Section):
     # GET instruction fetches carry the call in the query string, which no body signature covers:
     # they must present this secret (`?secret=`) instead. POST fetches are checked by signature.
     texml_secret: SecretStr | None = None
+    say_voice: str = "female"  # `speak` voice for announcements: female, male, or e.g. AWS.Polly.Joanna
 
     @field_validator("api_key")
     @classmethod

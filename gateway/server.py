@@ -2,14 +2,17 @@
 
 Draining (uvicorn's order): stop accepting (readyz turns 503, new calls are refused as busy) while
 still listening, so probes and the carrier see the refusal; let live calls finish for up to
-`drain_timeout_s`; then cancel what remains (each is hung up at the carrier) and stop. A second
-signal skips the rest of the drain. The previous signal handlers are restored on the way out.
+`drain_timeout_s`; then end what remains with a goodbye the carrier speaks (`server.announcements`)
+and a hang-up, for up to GOODBYE_TIMEOUT_S; then cancel whatever is left (hung up at once) and stop.
+A second signal skips the rest of the drain and the goodbyes. The previous signal handlers are
+restored on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 
 import structlog
 from aiohttp import web
@@ -19,27 +22,48 @@ from gateway import keys
 log = structlog.get_logger("gateway.server")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Time for the goodbyes after the drain: one carrier request each, and on Telnyx the speech itself
+# (gateway.carriers.telnyx.SPEAK_MAX_WAIT_S bounds it). Deployments allow drain_timeout_s + this.
+GOODBYE_TIMEOUT_S = 25.0
 
 
-async def drain(app: web.Application, timeout_s: float, force: asyncio.Event | None = None) -> bool:
-    """Stop accepting calls and wait for live ones to end; True if they all ended in time."""
-    app[keys.STATE].accepting = False
-    calls = app[keys.CALLS]
-    log.info("gateway.draining", calls_active=len(calls), drain_timeout_s=timeout_s)
-    waiters: set[asyncio.Task[object]] = {asyncio.create_task(calls.wait_empty(), name="drain:empty")}
+async def _wait(awaitable: Awaitable[object], timeout_s: float, force: asyncio.Event | None) -> None:
+    """Wait for `awaitable` for up to `timeout_s`, or until `force` is set."""
+    waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(awaitable)}
     if force is not None:
-        waiters.add(asyncio.create_task(force.wait(), name="drain:force"))
+        waiters.add(asyncio.ensure_future(force.wait()))
     try:
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-    if len(calls):
-        log.warning("gateway.drain_incomplete", calls_active=len(calls))
-        return False
-    log.info("gateway.drained")
-    return True
+
+
+async def drain(
+    app: web.Application,
+    timeout_s: float,
+    force: asyncio.Event | None = None,
+    goodbye_timeout_s: float = GOODBYE_TIMEOUT_S,
+) -> bool:
+    """Stop accepting calls and wait for live ones to end; True if they all ended in time.
+
+    Calls still live after `timeout_s` are ended with a spoken goodbye (unless `force` is set).
+    """
+    app[keys.STATE].accepting = False
+    calls = app[keys.CALLS]
+    log.info("gateway.draining", calls_active=len(calls), drain_timeout_s=timeout_s)
+    await _wait(calls.wait_empty(), timeout_s, force)
+    if not len(calls):
+        log.info("gateway.drained")
+        return True
+    log.warning("gateway.drain_incomplete", calls_active=len(calls))
+    if force is None or not force.is_set():
+        await calls.shut_down_all()
+        await _wait(calls.wait_empty(), goodbye_timeout_s, force)
+        if len(calls):
+            log.warning("gateway.goodbyes_incomplete", calls_active=len(calls))
+    return False
 
 
 async def serve(app: web.Application, host: str, port: int, drain_timeout_s: float) -> None:

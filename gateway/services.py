@@ -32,6 +32,14 @@ EndReason = Literal[
 ]
 # Endings after which the caller is no longer ours to hang up.
 NO_HANGUP = frozenset({"caller_hangup", "transferred"})
+# Endings the caller is told about by the carrier itself before the hang-up, and which of
+# `server.announcements` says it. The agent cannot say it: its model is gone or being shut down.
+ANNOUNCED: dict[str, Literal["shutdown", "engine_failure"]] = {
+    "shutdown": "shutdown",
+    "engine_error": "engine_failure",
+    "engine_connect_failed": "engine_failure",
+    "error": "engine_failure",
+}
 # When both tasks finish together, the more telling reason wins: an engine failure explains the
 # caller hang-up that follows it, not the other way round.
 END_PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, "carrier_timeout": 1}

@@ -82,9 +82,10 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
             agent: dict[str, Any] | None = None,
             elevenlabs: dict[str, Any] | None = None,
             telnyx: dict[str, Any] | None = None,
+            twilio: dict[str, Any] | None = None,
             **overrides: Any,
         ) -> Gateway:
-            """`elevenlabs`: FakeElevenLabsServer options; `telnyx`: carriers.telnyx overrides."""
+            """`elevenlabs`: FakeElevenLabsServer options; `telnyx`, `twilio`: carriers.* overrides."""
             model = await stack.enter_async_context(FakeRealtimeServer(dialect, api_key=OPENAI_KEY))
             twilio_api = await stack.enter_async_context(FakeTwilioApi())
             telnyx_api = await stack.enter_async_context(FakeTelnyxApi())
@@ -92,6 +93,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
             keys = TelnyxKeys.generate()
             port = free_port()
             doc = config_dict(port, model.url, twilio_api.url, **overrides)
+            if twilio is not None:
+                doc["carriers"] = {**doc["carriers"], "twilio": {**doc["carriers"]["twilio"], **twilio}}
             doc["carriers"] = {
                 **doc["carriers"],
                 "telnyx": {

@@ -77,5 +77,12 @@ class Carrier(Protocol):
     async def hangup(self, call_id: str) -> None:
         """End the call at the carrier; a call that already ended counts as success."""
 
+    async def say_and_hangup(self, call_id: str, text: str, language: str) -> None:
+        """Have the carrier speak `text` to the caller (its own text-to-speech), then end the call.
+
+        For calls the agent cannot finish itself: the model is gone, or the gateway is shutting down.
+        Falls back to a plain hang-up when the carrier refuses to speak.
+        """
+
     async def transfer(self, call_id: str, destination: str) -> bool:
         """Connect the caller to `destination` (E.164 or sip: URI); True when the carrier took it."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +38,11 @@ ActionResult = Literal["ok", "already_ended", "failed"]
 ALREADY_ENDED_CODE = "90018"
 # How long a dialed call may ring before the gateway forgets which agent it was for.
 DIALED_TTL_S = 300.0
+# How long an announcement may take before we hang up anyway, should `call.speak.ended` never come:
+# about 12 characters a second of speech, plus a margin for the text-to-speech to start.
+SPEAK_CHARS_PER_S = 12.0
+SPEAK_MARGIN_S = 2.0
+SPEAK_MAX_WAIT_S = 20.0
 
 
 def signature_problem(
@@ -156,6 +163,7 @@ class TelnyxCarrier:
         self._http = http
         self._auth = f"Bearer {config.api_key.get_secret_value()}"
         self.dialed = DialedCalls()
+        self._speaking: dict[str, asyncio.Event] = {}  # call_control_id -> set when speech ended
 
     @staticmethod
     def decode(text: str) -> CarrierEvent:
@@ -194,6 +202,37 @@ class TelnyxCarrier:
         # Hanging up a call that already ended is success: the caller is off the line either way.
         if await self.action(call_id, "hangup", {}) == "ok":
             log.info("carrier.hangup", carrier=self.name)
+
+    async def say_and_hangup(self, call_id: str, text: str, language: str) -> None:
+        """`speak`, wait for its `call.speak.ended` webhook (bounded by the text's length), hang up.
+
+        Our media socket stays open meanwhile: a TeXML call whose stream ended would move on to the
+        next verb (there is none, so Telnyx would hang up before the announcement is heard).
+        """
+        ended = self._speaking[call_id] = asyncio.Event()
+        result: ActionResult = "failed"
+        try:
+            voice = self.config.say_voice
+            body = {"payload": text, "payload_type": "text", "voice": voice, "language": language}
+            result = await self.action(call_id, "speak", body)
+            if result == "ok":
+                log.info("carrier.announcing", carrier=self.name)
+                wait_s = min(SPEAK_MAX_WAIT_S, len(text) / SPEAK_CHARS_PER_S + SPEAK_MARGIN_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await ended.wait()
+        finally:
+            if self._speaking.get(call_id) is ended:
+                del self._speaking[call_id]
+            # Also when cancelled mid-announcement (a forced stop): the caller must not be left on.
+            if result != "already_ended":
+                await self.hangup(call_id)
+
+    def speech_ended(self, call_id: str) -> None:
+        """`call.speak.ended` (or `call.hangup`) arrived for a call: an announcement waiting on it is over."""
+        event = self._speaking.get(call_id)
+        if event is not None:
+            event.set()
 
     async def dial(self, to: str, from_: str, connection_id: str) -> tuple[int, dict[str, Any]]:
         """Place an outbound call (`POST /v2/calls`); its Call Control events reach the connection's

@@ -138,7 +138,10 @@ async def call_control_webhook(request: web.Request) -> web.Response:
         agent_name = request.app[keys.TELNYX].dialed.take(call_id)
         if agent_name is not None:  # a call this replica dialed (POST /v1/calls) was picked up
             await _start_dialed_stream(request, call_id, agent_name)
+    elif event_type == "call.speak.ended":
+        request.app[keys.TELNYX].speech_ended(call_id)
     elif event_type == "call.hangup":
+        request.app[keys.TELNYX].speech_ended(call_id)
         request.app[keys.TELNYX].dialed.forget(call_id)
         calls.release(call_id)
         log.info(

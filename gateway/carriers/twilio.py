@@ -89,8 +89,14 @@ def twiml_reject(reason: str | None = None) -> str:
     return f'<?xml version="1.0" encoding="UTF-8"?><Response><Reject{attr}/></Response>'
 
 
-def twiml_say(text: str) -> str:
-    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Say>{escape(text)}</Say></Response>'
+def twiml_say(
+    text: str, *, voice: str | None = None, language: str | None = None, hangup: bool = False
+) -> str:
+    attrs = "".join(
+        f" {name}={quoteattr(value)}" for name, value in (("voice", voice), ("language", language)) if value
+    )
+    end = "<Hangup/>" if hangup else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Say{attrs}>{escape(text)}</Say>{end}</Response>'
 
 
 def _field(obj: Any, key: str, frame: str) -> Any:
@@ -226,6 +232,14 @@ class TwilioCarrier:
     async def hangup(self, call_id: str) -> None:
         if await self.update_call(call_id, {"Status": "completed"}):
             log.info("carrier.hangup", carrier=self.name)
+
+    async def say_and_hangup(self, call_id: str, text: str, language: str) -> None:
+        """Replace the call's TwiML with <Say> then <Hangup/>: Twilio ends our stream, speaks, hangs up."""
+        twiml = twiml_say(text, voice=self.config.say_voice, language=language, hangup=True)
+        if await self.update_call(call_id, {"Twiml": twiml}):
+            log.info("carrier.announced_hangup", carrier=self.name)
+        else:
+            await self.hangup(call_id)
 
     async def create_call(self, to: str, from_: str, url: str) -> tuple[int, dict[str, Any]]:
         """Place an outbound call whose TwiML Twilio fetches from `url` (POST to the Calls list).

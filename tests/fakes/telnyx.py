@@ -435,6 +435,11 @@ class FakeTelnyx:
         )
         return await self.call_control_event("call.answered", payload)
 
+    async def speak_ended(self, call_control_id: str) -> tuple[int, str]:
+        """`call.speak.ended`: the text of a `speak` action has been spoken to the caller."""
+        payload = self._payload(call_control_id, status="completed")
+        return await self.call_control_event("call.speak.ended", payload)
+
     async def call_hangup(
         self,
         call_control_id: str,

@@ -347,7 +347,17 @@ class FakeTwilioApi:
         )
 
     def hangups(self) -> list[str]:
-        return [sid for sid, form in self.updates if form.get("Status") == "completed"]
+        """Calls ended by an update: `Status=completed`, or TwiML that ends in <Hangup/> (§C.6)."""
+        return [sid for sid, form in self.updates if _ends_call(form)]
+
+    def said(self, call_sid: str) -> list[str]:
+        """What updates of `call_sid` had Twilio <Say> to the caller, in order."""
+        return [
+            say.text or ""
+            for form in self.updates_of(call_sid)
+            if "Twiml" in form
+            for say in ET.fromstring(form["Twiml"]).iter("Say")  # noqa: S314 - the gateway wrote it
+        ]
 
     def updates_of(self, call_sid: str) -> list[dict[str, str]]:
         """The forms of every update of `call_sid` (hang-ups, TwiML transfers), in order."""
@@ -362,3 +372,13 @@ class FakeTwilioApi:
     async def wait_hangup(self, call_sid: str) -> None:
         async with asyncio.timeout(WAIT_S), self._changed:
             await self._changed.wait_for(lambda: call_sid in self.hangups())
+
+
+def _ends_call(form: dict[str, str]) -> bool:
+    if form.get("Status") == "completed":
+        return True
+    twiml = form.get("Twiml")
+    if twiml is None:
+        return False
+    verbs = list(ET.fromstring(twiml))  # noqa: S314 - raises on TwiML Twilio could not parse
+    return bool(verbs) and verbs[-1].tag == "Hangup"
