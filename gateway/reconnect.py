@@ -2,12 +2,13 @@
 
 `SessionKeeper.run` is the downlink's loop over sessions. When a session's events end, the keeper
 decides why: the bridge ended the call or replaced the session (hand-off, rollover) — carry on or stop;
-the server closed it deliberately (1000) — the call ends; the socket dropped for a reason a new socket
-can cure (`retry_cause`) or the server said the session expired — reconnect. Reconnecting opens a new
-session for the same agent with bounded, jittered backoff, configures it like the first (`resume`),
-gives it the conversation so far from the `ConversationLog`, and swaps it in; caller audio during the
-gap goes to a `GapSession` and is dropped, never queued (the model would answer stale speech).
-Failing that, the call ends as `engine_closed` (or `engine_error`) and the caller is hung up.
+the server closed it deliberately (1000) — the call ends (`engine_closed`); the socket dropped for a
+reason a new socket can cure (`retry_cause`) or the server said the session expired — reconnect.
+Reconnecting opens a new session for the same agent with bounded, jittered backoff, configures it
+like the first (`resume`), gives it the conversation so far from the `ConversationLog`, and swaps it
+in; caller audio during the gap goes to a `GapSession` and is dropped, never queued (the model would
+answer stale speech).
+Failing that, the call ends as `engine_error`: the carrier apologises and hangs up.
 
 Rollover is the planned variant: shortly before an OpenAI session's maximum length, the next session
 is opened while the current one still carries the call, and swapped in once nobody is speaking (or
@@ -180,7 +181,9 @@ class SessionKeeper:
                 return self._host.end_reason
             if failure is not None:
                 raise failure
-            return "engine_closed"
+            # A drop nothing could mend is the model failing mid-call (the caller hears the carrier's
+            # apology); a deliberate close by the server just ends the call.
+            return "engine_error" if cause is not None else "engine_closed"
 
     async def recover(self, dead: EngineSession, cause: str) -> bool:
         """Replace `dead` after it dropped; True once a new session carries the call."""

@@ -21,6 +21,7 @@ from gateway.engines.base import Turn
 from gateway.engines.replay import RESUME_INSTRUCTIONS, context_text, openai_items
 from gateway.errors import ConfigError
 from gateway.reconnect import backoff_delay, late_result_text, retry_cause
+from gateway.schema import AnnouncementsConfig
 from gateway.session_gap import MAX_QUEUED_TEXTS, GapSession
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_realtime import FakeRealtimeConnection
@@ -28,6 +29,7 @@ from tests.fakes.openai_validation import validate_client_event
 from tests.fakes.tool_server import FakeToolServer
 
 DIALECTS = ["ga", "beta"]
+ENGINE_FAILURE = AnnouncementsConfig().engine_failure
 QUIET_S = 0.3  # how long something that must not happen is given to happen anyway
 USAGE = {
     "total_tokens": 150,
@@ -201,9 +203,9 @@ class TestReconnect:
         assert created["response"] == {"instructions": RESUME_INSTRUCTIONS}
         assert second.of_type("conversation.item.create") == []  # no finished turn to replay
 
-    async def test_exhausted_reconnect_hangs_up(self, start_gateway: StartGateway) -> None:
-        """Every attempt refused (503): after `attempts` tries the call ends as engine_closed with a
-        hang-up, counted `failed`."""
+    async def test_exhausted_reconnect_apologises_and_hangs_up(self, start_gateway: StartGateway) -> None:
+        """Every attempt refused (503): after `attempts` tries the call ends as engine_error, counted
+        `failed`; Twilio says the apology and hangs up (one call update)."""
         gw = await start_gateway(agent={"audio": "g711"}, server=server(attempts=2))
         call = await gw.twilio.call()
         first = await gw.model.next_connection()
@@ -213,11 +215,30 @@ class TestReconnect:
             await gw.twilio_api.wait_hangup(call.call_sid)
             await call.wait_closed()
         assert gw.model.refused == [503, 503]
+        assert gw.twilio_api.said(call.call_sid) == [ENGINE_FAILURE]
+        assert len(gw.twilio_api.updates_of(call.call_sid)) == 1
         assert reconnects(gw, "failed") == 1
         assert reconnects(gw, "ok") == 0
-        assert outcome(gw, "engine_closed") == 1
+        assert outcome(gw, "engine_error") == 1
         failed = [e for e in logs if e["event"] == "engine.reconnect_failed"]
         assert [(e["attempts"], e["reason"]) for e in failed] == [(2, "503")]
+
+    async def test_exhausted_reconnect_on_telnyx_speaks_the_apology(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """The same on Telnyx: a `speak` of the apology, then the hangup once it has been said."""
+        gw = await start_gateway(agent={"audio": "g711"}, server=server(attempts=1))
+        call = await gw.telnyx.call_control(gw.telnyx_api)
+        first = await gw.model.next_connection()
+        gw.model.refuse_with = 503
+        await first.close(code=1011)
+        speak = await gw.telnyx_api.wait_action(call.call_control_id, "speak")
+        assert speak["payload"] == ENGINE_FAILURE
+        await gw.telnyx.speak_ended(call.call_control_id)
+        await gw.telnyx_api.wait_action(call.call_control_id, "hangup")
+        await call.wait_closed()
+        engine = gw.config.agents["receptionist"].engine
+        assert gw.metric("gateway_engine_reconnects_total", engine=engine, result="failed") == 1
 
     async def test_refused_credentials_are_not_retried(self, start_gateway: StartGateway) -> None:
         """A 401 on the reconnect means more attempts would be refused too: one try, then hang-up."""
@@ -261,7 +282,8 @@ class TestReconnect:
     @pytest.mark.parametrize("code", [1000, 1008, 4000])
     async def test_deliberate_closes_are_not_retried(self, start_gateway: StartGateway, code: int) -> None:
         """The server ending the conversation (1000), refusing what we sent (1008) or an application
-        code (4000, the retired beta protocol) ends the call at once: no new socket, nothing counted."""
+        code (4000, the retired beta protocol) ends the call at once as engine_closed: no new socket,
+        nothing counted."""
         gw = await start_gateway(agent={"audio": "g711"}, server=server())
         call = await gw.twilio.call()
         first = await gw.model.next_connection()
@@ -270,6 +292,7 @@ class TestReconnect:
         await call.wait_closed()
         assert gw.model.upgrades == 1
         assert outcome(gw, "engine_closed") == 1
+        assert gw.twilio_api.said(call.call_sid) == []  # a plain hang-up: nothing failed
         assert reconnects(gw, "failed") == reconnects(gw, "ok") == 0
 
     async def test_our_own_end_is_not_a_drop(self, start_gateway: StartGateway) -> None:
@@ -286,13 +309,16 @@ class TestReconnect:
         assert gw.model.upgrades == 1
 
     async def test_zero_attempts_disables_reconnecting(self, start_gateway: StartGateway) -> None:
-        """`attempts: 0`: a drop ends the call as before, with nothing counted."""
+        """`attempts: 0`: a drop ends the call at once (engine_error, with the apology), nothing counted."""
         gw = await start_gateway(agent={"audio": "g711"}, server=server(attempts=0))
         call = await gw.twilio.call()
         first = await gw.model.next_connection()
         await first.close(code=1011)
         await gw.twilio_api.wait_hangup(call.call_sid)
+        await call.wait_closed()
         assert gw.model.upgrades == 1
+        assert gw.twilio_api.said(call.call_sid) == [ENGINE_FAILURE]
+        assert outcome(gw, "engine_error") == 1
         assert reconnects(gw, "failed") == 0
 
     async def test_caller_hanging_up_during_the_gap_ends_cleanly(self, start_gateway: StartGateway) -> None:
