@@ -18,6 +18,7 @@ is opened while the current one still carries the call, and swapped in once nobo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
@@ -59,6 +60,7 @@ log = structlog.get_logger("gateway.reconnect")
 # on purpose), 1002-1010 (we sent something it refuses; a new socket would get the same) and
 # application codes (4000: OpenAI's retired beta protocol).
 RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+DEAD_CLOSE_TIMEOUT_S = 1.0
 Result = Literal["ok", "failed", "rollover", "rollover_failed"]
 
 
@@ -198,7 +200,11 @@ class SessionKeeper:
             loop = asyncio.get_running_loop()
             dropped_at = loop.time()
             try:
-                await dead.aclose()  # an expired session's socket may still be open
+                # An expired session's socket may still be open; a peer that never answers the close
+                # must not hold the reconnect up (aiohttp drops the connection when cancelled).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DEAD_CLOSE_TIMEOUT_S):
+                        await dead.aclose()
                 session = await self._reconnect(gap, cause)
                 if session is None:
                     return self._host.session is not gap and self._host.end_reason is None
