@@ -22,6 +22,7 @@ naming each one, applies everything else, and counts as `partial`:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from gateway.runtime import build_runtime
 log = structlog.get_logger("gateway.reload")
 
 RESTART_ONLY_SERVER_FIELDS = ("host", "port", "public_url", "drain_timeout_s")
+_PHONE_NUMBER = re.compile(r"\+\d{6,15}")
 CARRIERS = ("twilio", "telnyx")
 
 
@@ -97,11 +99,23 @@ def summarize(old: GatewayConfig, new: GatewayConfig) -> dict[str, object]:
     }
 
 
+def _without_numbers(problem: str) -> str:
+    """A problem for the log: `routes.+15555550100: ...` names a phone number, which logs never
+    carry; the last four digits still tell the operator which route (`gateway check` shows it whole)."""
+    return _PHONE_NUMBER.sub(lambda match: "+***" + match.group(0)[-4:], problem)
+
+
+def _unexpected(exc: Exception) -> str:
+    # Whatever went wrong, the running config must stay. Only the type is logged: an exception's text
+    # could quote a credential it choked on.
+    return f"cannot apply the config ({type(exc).__name__})"
+
+
 def _failed(app: web.Application, path: str, problems: list[str]) -> ReloadResult:
     log.error(
         "config.reload_failed",
         path=path,
-        problems=problems,
+        problems=[_without_numbers(problem) for problem in problems],
         hint="the running config stays in place; `gateway check` on the file shows the same problems",
     )
     app[keys.METRICS].config_reloaded("invalid", time.time())
@@ -115,6 +129,8 @@ async def reload_config(app: web.Application, path: str) -> ReloadResult:
         loaded = await asyncio.to_thread(load, path)
     except ConfigError as error:
         return _failed(app, path, error.problems)
+    except Exception as exc:
+        return _failed(app, path, [_unexpected(exc)])
     ref = app[keys.RUNTIME]
     previous = ref.current
     config, kept = keep_restart_only(previous.config, loaded.config)
@@ -128,9 +144,7 @@ async def reload_config(app: web.Application, path: str) -> ReloadResult:
             previous=previous,
         )
     except Exception as exc:
-        # Whatever it is, the running config must stay. Only the type is logged: an exception's text
-        # could quote a credential it choked on.
-        return _failed(app, path, [f"cannot apply the config ({type(exc).__name__})"])
+        return _failed(app, path, [_unexpected(exc)])
     # The swap: no await from here to the end, so no webhook sees half of it.
     ref.current = runtime
     app[keys.CALLS].set_limit(config.server.max_concurrent_calls)
