@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         agents=sorted(config.agents),
     )
     app = create_app(config)
-    asyncio.run(serve(app, config.server.host, config.server.port, config.server.drain_timeout_s))
+    server = config.server
+    asyncio.run(serve(app, server.host, server.port, server.drain_timeout_s, config_path=path))
     log.info("gateway.stopped")
     return 0
 

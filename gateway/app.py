@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import structlog
@@ -12,18 +13,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import keys, outbound
-from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
 from gateway.carriers import telnyx_routes, twilio_routes
-from gateway.carriers.telnyx import TelnyxCarrier
-from gateway.carriers.twilio import TwilioCarrier
 from gateway.config import GatewayConfig
-from gateway.engines.factory import Engines
 from gateway.errors import ConfigError
 from gateway.hold import HoldClip, load_hold_clip
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceTable
-from gateway.services import Services
+from gateway.runtime import RuntimeRef, build_runtime
 from gateway.tokens import MediaTokens
 
 log = structlog.get_logger("gateway.app")
@@ -48,7 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def list_calls(request: web.Request) -> web.Response:
     """Live calls with their cost so far. Needs `server.admin_token`; without one the route is off."""
-    token = request.app[keys.CONFIG].server.admin_token
+    token = keys.runtime(request.app).config.server.admin_token
     if token is None:
         raise web.HTTPNotFound(text="GET /calls is disabled: set server.admin_token to enable it")
     expected = f"Bearer {token.get_secret_value()}".encode()
@@ -60,28 +56,22 @@ async def list_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": calls, "count": len(calls)})
 
 
-async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    # The default connector caps a session at 100 connections: model sockets of calls beyond the
-    # 100th would silently queue while caller audio piles up.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        app[keys.HTTP] = http
-        config = app[keys.CONFIG]
-        if config.carriers.twilio is not None:
-            app[keys.TWILIO] = TwilioCarrier(config.carriers.twilio, http)
-        if config.carriers.telnyx is not None:
-            app[keys.TELNYX] = TelnyxCarrier(config.carriers.telnyx, http)
-        app[keys.ENGINES] = Engines(config.providers, http)
-        app[keys.SERVICES] = Services(
-            config=config,
-            engines=app[keys.ENGINES],
-            registry=app[keys.CALLS],
-            metrics=app[keys.METRICS],
-            prices=app[keys.PRICES],
-            http=http,
-            hold_clips=app[keys.HOLD_CLIPS],
-        )
-        yield
+def _http_session(
+    config: GatewayConfig, hold_clips: dict[str, HoldClip]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def http_session(app: web.Application) -> AsyncIterator[None]:
+        # The default connector caps a session at 100 connections: model sockets of calls beyond the
+        # 100th would silently queue while caller audio piles up.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            app[keys.HTTP] = http
+            runtime = build_runtime(
+                config, hold_clips, http=http, registry=app[keys.CALLS], metrics=app[keys.METRICS]
+            )
+            app[keys.RUNTIME] = RuntimeRef(runtime)
+            yield
+
+    return http_session
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -105,7 +95,7 @@ def load_hold_clips(config: GatewayConfig) -> dict[str, HoldClip]:
     return clips
 
 
-def _token_secret(config: GatewayConfig) -> bytes:
+def token_secret(config: GatewayConfig) -> bytes:
     """Media tokens are signed with the carriers' own secrets, so every replica that shares the
     config accepts every other replica's tokens (no cross-call state between replicas)."""
     parts = [b"gateway"]
@@ -117,15 +107,14 @@ def _token_secret(config: GatewayConfig) -> bytes:
 
 
 def create_app(config: GatewayConfig, registry: CollectorRegistry | None = None) -> web.Application:
+    hold_clips = load_hold_clips(config)  # raises ConfigError for unreadable files
     app = web.Application()
-    app[keys.CONFIG] = config
     app[keys.STATE] = keys.GatewayState()
     app[keys.METRICS] = GatewayMetrics(registry if registry is not None else REGISTRY)
+    app[keys.METRICS].config_loaded(time.time())
     app[keys.CALLS] = CallRegistry(config.server.max_concurrent_calls)
-    app[keys.PRICES] = PriceBook(PriceTable.from_config(config.pricing), app[keys.METRICS])
-    app[keys.TOKENS] = MediaTokens(_token_secret(config))
-    app[keys.HOLD_CLIPS] = load_hold_clips(config)  # raises ConfigError for unreadable files
-    app.cleanup_ctx.append(_http_session)
+    app[keys.TOKENS] = MediaTokens(token_secret(config))
+    app.cleanup_ctx.append(_http_session(config, hold_clips))
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

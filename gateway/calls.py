@@ -61,6 +61,11 @@ class CallRegistry:
         self._reserved = {k: v for k, v in self._reserved.items() if v > now}
         return len(self._live) + len(self._reserved)
 
+    def set_limit(self, max_concurrent_calls: int) -> None:
+        """A new `max_concurrent_calls` (config reload). Only admission looks at it: lowering it below
+        the calls in progress ends none of them, it refuses new ones until enough have ended."""
+        self.max_concurrent_calls = max_concurrent_calls
+
     @property
     def full(self) -> bool:
         return self._load() >= self.max_concurrent_calls

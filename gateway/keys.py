@@ -1,4 +1,9 @@
-"""Every typed application key, in one place (aiohttp's recommended way to hold app state)."""
+"""Every typed application key, in one place (aiohttp's recommended way to hold app state).
+
+What comes from the config file (the config itself, carriers, engines, prices, hold clips, the
+`Services` calls start with) is not here but in the one `Runtime` under `RUNTIME`, which a reload
+replaces whole (gateway.runtime). Read it with `runtime(app)`, once per handler.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,16 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from gateway.accounting import PriceBook
 from gateway.calls import CallRegistry
-from gateway.carriers.telnyx import TelnyxCarrier
-from gateway.carriers.twilio import TwilioCarrier
-from gateway.config import GatewayConfig
-from gateway.engines.base import EngineFactory
-from gateway.hold import HoldClip
 from gateway.metrics import GatewayMetrics
-from gateway.services import Services
+from gateway.runtime import Runtime, RuntimeRef
 from gateway.tokens import MediaTokens
 
-CONFIG = web.AppKey("config", GatewayConfig)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 CALLS = web.AppKey("calls", CallRegistry)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-TWILIO = web.AppKey("twilio", TwilioCarrier)
-ENGINES = web.AppKey("engines", EngineFactory)
-PRICES = web.AppKey("prices", PriceBook)
-SERVICES = web.AppKey("services", Services)
-HOLD_CLIPS = web.AppKey("hold_clips", dict[str, HoldClip])
 TOKENS = web.AppKey("tokens", MediaTokens)
-TELNYX = web.AppKey("telnyx", TelnyxCarrier)
+RUNTIME = web.AppKey("runtime", RuntimeRef)
 
 
 @dataclass(slots=True)
@@ -37,3 +30,8 @@ class GatewayState:
 
 
 STATE = web.AppKey("state", GatewayState)
+
+
+def runtime(app: web.Application) -> Runtime:
+    """The config-derived objects new calls and webhooks use right now (set once the app has started)."""
+    return app[RUNTIME].current

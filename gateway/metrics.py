@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 CALL_DURATION_BUCKETS_S = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 CALL_COST_BUCKETS_USD = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# ok: applied; partial: applied except fields that need a restart; invalid: rejected, nothing changed.
+ReloadResult = Literal["ok", "partial", "invalid"]
+RELOAD_RESULTS: tuple[ReloadResult, ...] = ("ok", "partial", "invalid")
 LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10)
 
 
@@ -125,6 +129,26 @@ class GatewayMetrics:
             ["direction"],
             registry=registry,
         )
+        # -- configuration ----------------------------------------------------------------------
+        self.config_reloads_total = Counter(
+            "gateway_config_reloads",
+            "Config reloads (SIGHUP), by result: ok; partial (applied, except fields that need a restart); "
+            "invalid (rejected, the running config stays).",
+            ["result"],
+            registry=registry,
+        )
+        for result in RELOAD_RESULTS:  # every result exported from the start, so increase() sees the first
+            self.config_reloads_total.labels(result)
+        self.config_last_reload_successful = Gauge(
+            "gateway_config_last_reload_successful",
+            "1 if the last config load (startup or reload) was applied, 0 if it was rejected.",
+            registry=registry,
+        )
+        self.config_last_reload_success_timestamp_seconds = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load (startup or reload) that was applied.",
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; labels name the running build.",
@@ -132,3 +156,15 @@ class GatewayMetrics:
             registry=registry,
         )
         build_info.labels(gateway_version(), ".".join(map(str, sys.version_info[:3]))).set(1)
+
+    def config_loaded(self, now: float) -> None:
+        """A config was applied: at startup, or by a reload (ok or partial)."""
+        self.config_last_reload_successful.set(1)
+        self.config_last_reload_success_timestamp_seconds.set(now)
+
+    def config_reloaded(self, result: ReloadResult, now: float) -> None:
+        self.config_reloads_total.labels(result).inc()
+        if result == "invalid":
+            self.config_last_reload_successful.set(0)
+        else:
+            self.config_loaded(now)

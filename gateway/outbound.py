@@ -65,7 +65,7 @@ class Refused(GatewayError):
 
 
 def _authorize(request: web.Request) -> None:
-    token = request.app[keys.CONFIG].server.admin_token
+    token = keys.runtime(request.app).config.server.admin_token
     if token is None:
         raise Refused(404, "disabled", "POST /v1/calls is disabled: set server.admin_token to enable it")
     expected = f"Bearer {token.get_secret_value()}".encode()
@@ -146,15 +146,16 @@ def _carrier_error(body: dict[str, Any]) -> tuple[object, object]:
 
 async def _dial(app: web.Application, carrier: CarrierName, dial: DialRequest) -> str:
     """Ask the carrier to place the call; its call id, or Refused(502) naming the carrier's status."""
-    config = app[keys.CONFIG]
+    runtime = keys.runtime(app)
+    config = runtime.config
     if carrier == "twilio":
         query = urlencode({"agent": dial.agent})
         url = f"{config.server.public_url}/twilio/voice?{query}"
-        status, body = await app[keys.TWILIO].create_call(dial.to, dial.from_, url)
+        status, body = await runtime.twilio.create_call(dial.to, dial.from_, url)
         call_id = body.get("sid")
     else:
         connection_id = _connection_id(config)
-        status, body = await app[keys.TELNYX].dial(dial.to, dial.from_, connection_id)
+        status, body = await runtime.telnyx.dial(dial.to, dial.from_, connection_id)
         data = body.get("data")
         call_id = data.get("call_control_id") if isinstance(data, dict) else None
     if 200 <= status < 300 and isinstance(call_id, str) and call_id:
@@ -177,7 +178,7 @@ async def place_call(request: web.Request) -> web.Response:
     try:
         _authorize(request)
         dial = _parse(await request.read())
-        carrier = _check(app[keys.CONFIG], dial)
+        carrier = _check(keys.runtime(app).config, dial)
         call_id = await _place(app, carrier, dial)
     except Refused as exc:
         log.warning("outbound.refused", reason=exc.reason, field=exc.field, status=exc.status, **exc.extra)
@@ -203,7 +204,7 @@ async def _place(app: web.Application, carrier: CarrierName, dial: DialRequest) 
     # carrier's webhook for the call then finds it held (reserve() is True for a call already held).
     calls.reserve(call_id)
     if carrier == "telnyx":
-        app[keys.TELNYX].dialed.remember(call_id, dial.agent)
+        keys.runtime(app).telnyx.dialed.remember(call_id, dial.agent)
     return call_id
 
 

@@ -1,4 +1,4 @@
-"""Running the app: listen, and on SIGTERM/SIGINT drain before stopping.
+"""Running the app: listen, on SIGHUP reload the config, and on SIGTERM/SIGINT drain before stopping.
 
 Draining (uvicorn's order): stop accepting (readyz turns 503, new calls are refused as busy) while
 still listening, so probes and the carrier see the refusal; let live calls finish for up to
@@ -6,6 +6,9 @@ still listening, so probes and the carrier see the refusal; let live calls finis
 and a hang-up, for up to GOODBYE_TIMEOUT_S; then cancel whatever is left (hung up at once) and stop.
 A second signal skips the rest of the drain and the goodbyes. The previous signal handlers are
 restored on the way out.
+
+SIGHUP re-reads the config file (gateway.reload): a reload runs as a task, one at a time, so the
+signal handler returns at once and live calls are not held up.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from gateway import keys
+from gateway.reload import Reloader
 
 log = structlog.get_logger("gateway.server")
 
@@ -66,9 +70,12 @@ async def drain(
     return False
 
 
-async def serve(app: web.Application, host: str, port: int, drain_timeout_s: float) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and shut down."""
+async def serve(
+    app: web.Application, host: str, port: int, drain_timeout_s: float, config_path: str | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and shut down. With `config_path`, SIGHUP reloads it."""
     loop = asyncio.get_running_loop()
+    reloader = Reloader(app, config_path) if config_path is not None else None
     stop, force = asyncio.Event(), asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -87,12 +94,17 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout_s: flo
         log.info("gateway.listening", host=host, port=port)
         for signum in SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
+        if reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
         try:
             await stop.wait()
             await drain(app, drain_timeout_s, force)
         finally:
             for signum in SIGNALS:
                 loop.remove_signal_handler(signum)
+            if reloader is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
+                await reloader.aclose()
     finally:
         # Runs on_shutdown (cancelling and hanging up calls still live) and closes the listener.
         await runner.cleanup()

@@ -211,7 +211,7 @@ class TestTelnyxOutbound:
         assert (await dial(gw, request(carrier="telnyx")))[0] == 503
         status, _ = await gw.telnyx.call_hangup(body["call_id"], hangup_cause="no_answer")
         assert status == 200
-        assert len(gw.app[keys.TELNYX].dialed) == 0
+        assert len(keys.runtime(gw.app).telnyx.dialed) == 0
         await gw.telnyx.dialed_call_answered(body["call_id"], to=CALLEE, from_=OURS)
         assert gw.telnyx_api.actions == []
         assert (await dial(gw, request(carrier="telnyx")))[0] == 201
@@ -250,7 +250,7 @@ class TestTelnyxOutbound:
         status, body = await dial(gw, request(carrier="telnyx"))
         assert status == 502
         assert (body["carrier_status"], body["carrier_code"]) == (422, "10010")
-        assert len(gw.app[keys.TELNYX].dialed) == 0
+        assert len(keys.runtime(gw.app).telnyx.dialed) == 0
 
 
 class TestRefusals:

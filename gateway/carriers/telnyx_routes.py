@@ -36,7 +36,7 @@ MAX_FRAME_BYTES = 1024 * 1024
 async def _verified_body(request: web.Request) -> bytes:
     """The raw body, after checking its Ed25519 signature (when verification is on): 403 otherwise."""
     body = await request.read()
-    telnyx = request.app[keys.TELNYX]
+    telnyx = keys.runtime(request.app).telnyx
     if telnyx.config.verify_signatures:
         problem = signature_problem(
             telnyx.public_key,
@@ -55,7 +55,7 @@ async def _verified_body(request: web.Request) -> bytes:
 def _admit(request: web.Request, call_id: str, to: str) -> tuple[str | None, str | None]:
     """(agent, None) for a call to take, or (None, reason) with reason `unrouted` or `busy`."""
     app = request.app
-    config, metrics = app[keys.CONFIG], app[keys.METRICS]
+    config, metrics = keys.runtime(app).config, app[keys.METRICS]
     agent_name = config.agent_for(to)
     if agent_name is None:
         log.warning("call.rejected", carrier="telnyx", reason="unrouted")
@@ -72,13 +72,13 @@ def _admit(request: web.Request, call_id: str, to: str) -> tuple[str | None, str
 
 def _stream_url(request: web.Request, call_id: str, agent_name: str) -> str:
     token = request.app[keys.TOKENS].issue("telnyx", call_id, agent_name)
-    return request.app[keys.CONFIG].server.media_base_url + MEDIA_PREFIX + token
+    return keys.runtime(request.app).config.server.media_base_url + MEDIA_PREFIX + token
 
 
 def _check_texml_secret(request: web.Request) -> None:
     """GET fetches carry the call in the query string, which a signature over the (empty) body does
     not cover: they must present the configured `texml_secret` instead (403 otherwise)."""
-    telnyx = request.app[keys.TELNYX]
+    telnyx = keys.runtime(request.app).telnyx
     if not telnyx.config.verify_signatures:
         return
     secret = telnyx.config.texml_secret
@@ -109,7 +109,7 @@ async def texml_webhook(request: web.Request) -> web.Response:
         return web.Response(
             text=texml_reject("busy" if reason == "busy" else None), content_type="application/xml"
         )
-    codec = request.app[keys.TELNYX].config.codec
+    codec = keys.runtime(request.app).telnyx.config.codec
     texml = texml_connect_stream(_stream_url(request, call_id, agent_name), codec)
     return web.Response(text=texml, content_type="application/xml")
 
@@ -135,14 +135,14 @@ async def call_control_webhook(request: web.Request) -> web.Response:
         else:
             await _answer(request, call_id, str(payload.get("to", "")))
     elif event_type == "call.answered":
-        agent_name = request.app[keys.TELNYX].dialed.take(call_id)
+        agent_name = keys.runtime(request.app).telnyx.dialed.take(call_id)
         if agent_name is not None:  # a call this replica dialed (POST /v1/calls) was picked up
             await _start_dialed_stream(request, call_id, agent_name)
     elif event_type == "call.speak.ended":
-        request.app[keys.TELNYX].speech_ended(call_id)
+        keys.runtime(request.app).telnyx.speech_ended(call_id)
     elif event_type == "call.hangup":
-        request.app[keys.TELNYX].speech_ended(call_id)
-        request.app[keys.TELNYX].dialed.forget(call_id)
+        keys.runtime(request.app).telnyx.speech_ended(call_id)
+        keys.runtime(request.app).telnyx.dialed.forget(call_id)
         calls.release(call_id)
         log.info(
             "carrier.call_hangup",
@@ -155,12 +155,12 @@ async def call_control_webhook(request: web.Request) -> web.Response:
         failure = str(payload.get("failure_reason", ""))[:200]
         log.warning("media.stream_failed", carrier="telnyx", call_id=call_id, failure=failure)
         calls.release(call_id)
-        await request.app[keys.TELNYX].hangup(call_id)
+        await keys.runtime(request.app).telnyx.hangup(call_id)
     return web.json_response({"ok": True})
 
 
 async def _answer(request: web.Request, call_id: str, to: str) -> None:
-    telnyx = request.app[keys.TELNYX]
+    telnyx = keys.runtime(request.app).telnyx
     agent_name, reason = _admit(request, call_id, to)
     if agent_name is None:
         await telnyx.action(
@@ -174,7 +174,7 @@ async def _answer(request: web.Request, call_id: str, to: str) -> None:
 
 def _stream_params(request: web.Request, call_id: str, agent_name: str) -> dict[str, str]:
     """The bidirectional stream, as `answer` (inbound) and `streaming_start` (dialed calls) take it."""
-    codec = request.app[keys.TELNYX].config.codec
+    codec = keys.runtime(request.app).telnyx.config.codec
     return {
         "stream_url": _stream_url(request, call_id, agent_name),
         "stream_track": "inbound_track",
@@ -188,7 +188,8 @@ def _stream_params(request: web.Request, call_id: str, agent_name: str) -> dict[
 async def _start_dialed_stream(request: web.Request, call_id: str, agent_name: str) -> None:
     """The callee of a dialed call answered: stream it to the agent, or hang up if that cannot be."""
     app = request.app
-    config, metrics, telnyx = app[keys.CONFIG], app[keys.METRICS], app[keys.TELNYX]
+    runtime, metrics = keys.runtime(app), app[keys.METRICS]
+    config, telnyx = runtime.config, runtime.telnyx
     agent = config.agents.get(agent_name)
     # The call holds a place from the dial; it is taken again here in case a long ring outlived it.
     if agent is None or not app[keys.STATE].accepting or not app[keys.CALLS].reserve(call_id):
@@ -229,7 +230,7 @@ async def _reject(
     await ws.close(code=1008, message=message.encode())
     if hangup_call is not None:
         request.app[keys.CALLS].release(hangup_call)
-        await request.app[keys.TELNYX].hangup(hangup_call)
+        await keys.runtime(request.app).telnyx.hangup(hangup_call)
     return ws
 
 
@@ -251,21 +252,23 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     if start.call_id != grant.call_id:
         return await _reject(ws, request, "token_wrong_call", "stream token wrong_call")
     if not start.encoding:
-        start = dataclasses.replace(start, encoding=app[keys.TELNYX].config.codec)
+        start = dataclasses.replace(start, encoding=keys.runtime(app).telnyx.config.codec)
     if carrier_format(start.encoding) is None:
         return await _reject(
             ws, request, "unsupported_codec", f"unsupported codec {start.encoding}", start.call_id
         )
-    agent = app[keys.CONFIG].agents.get(grant.agent)
+    # The call starts now, so it runs on the config of now: a reload since the webhook applies to it.
+    runtime = keys.runtime(app)
+    agent = runtime.config.agents.get(grant.agent)
     if agent is None:  # the config was reloaded without this agent
         return await _reject(ws, request, "unknown_agent", "unknown agent", start.call_id)
     bridge = CallBridge(
-        carrier=app[keys.TELNYX],
+        carrier=runtime.telnyx,
         ws=ws,
         start=start,
         agent_name=grant.agent,
         agent=agent,
-        services=app[keys.SERVICES],
+        services=runtime.services,
     )
     await bridge.run()
     return ws

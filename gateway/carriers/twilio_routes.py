@@ -7,12 +7,13 @@ from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
+from gateway.config import GatewayConfig
 from gateway.errors import ProtocolError
 from gateway.services import carrier_format
 from gateway.tokens import Grant
@@ -38,13 +39,12 @@ def _params(form: MultiDictProxy[Any] | MultiDict[str]) -> dict[str, list[str]]:
     return params
 
 
-def _agent_for(request: web.Request, values: dict[str, str]) -> str | None:
+def _agent_for(config: GatewayConfig, values: dict[str, str], query: MultiMapping[str]) -> str | None:
     """Inbound calls are routed by `To`. A call the gateway placed (`POST /v1/calls`) names its agent
     in the webhook URL it gave Twilio; that URL, query included, is covered by the signature (§C.3).
     The `agent` parameter is read for those calls only, so it cannot re-route an inbound call."""
-    config = request.app[keys.CONFIG]
-    if values.get("Direction") == "outbound-api" and "agent" in request.query:
-        agent_name = request.query["agent"]
+    if values.get("Direction") == "outbound-api" and "agent" in query:
+        agent_name = query["agent"]
         return agent_name if agent_name in config.agents else None
     return config.agent_for(values.get("To", ""))
 
@@ -52,7 +52,8 @@ def _agent_for(request: web.Request, values: dict[str, str]) -> str | None:
 async def voice_webhook(request: web.Request) -> web.Response:
     """Twilio's voice webhook: verify the signature, pick the agent, answer with <Connect><Stream>."""
     app = request.app
-    config, metrics, twilio, calls = app[keys.CONFIG], app[keys.METRICS], app[keys.TWILIO], app[keys.CALLS]
+    runtime, metrics, calls = keys.runtime(app), app[keys.METRICS], app[keys.CALLS]
+    config, twilio = runtime.config, runtime.twilio
     form = await request.post() if request.method == "POST" else MultiDict[str]()
     params = _params(form)
     if twilio.config.verify_signatures:
@@ -66,7 +67,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     if not call_sid:
         metrics.webhook_rejections_total.labels("twilio", "malformed").inc()
         raise web.HTTPBadRequest(text="missing CallSid")
-    agent_name = _agent_for(request, values)
+    agent_name = _agent_for(config, values, request.query)
     if agent_name is None:
         log.warning("call.rejected", carrier="twilio", reason="unrouted")
         metrics.calls_total.labels("twilio", "", "", "rejected_unrouted").inc()
@@ -115,7 +116,8 @@ async def _reject(ws: web.WebSocketResponse, request: web.Request, reason: str, 
 async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Twilio Media Streams: verify the upgrade, read `start`, hand the call to a CallBridge."""
     app = request.app
-    config, twilio = app[keys.CONFIG], app[keys.TWILIO]
+    runtime = keys.runtime(app)
+    config, twilio = runtime.config, runtime.twilio
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
     await ws.prepare(request)
     verify = twilio.config.verify_signatures
@@ -142,17 +144,19 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     if carrier_format(start.encoding) is None:
         await _reject(ws, request, "unsupported_codec", f"unsupported codec {start.encoding}")
         return ws
-    agent = config.agents.get(agent_name)
-    if agent is None:
+    # The call starts now, so it runs on the config of now: a reload since the webhook applies to it.
+    runtime = keys.runtime(app)
+    agent = runtime.config.agents.get(agent_name)
+    if agent is None:  # the config was reloaded without this agent
         await _reject(ws, request, "unknown_agent", "unknown agent")
         return ws
     bridge = CallBridge(
-        carrier=twilio,
+        carrier=runtime.twilio,
         ws=ws,
         start=start,
         agent_name=agent_name,
         agent=agent,
-        services=app[keys.SERVICES],
+        services=runtime.services,
     )
     await bridge.run()
     return ws
