@@ -299,6 +299,7 @@ class SessionKeeper:
         owner, name, arguments = self._calls.pop(call_id, (session, "tool", ""))
         self.log.tool_used(name, arguments, output)
         self._answer_owed = True
+        self._activity.set()  # a tool no longer running may be what a rollover waits for
         if owner is session:
             await session.send_tool_result(call_id, output, is_error)
         else:
