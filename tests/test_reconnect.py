@@ -410,6 +410,35 @@ class TestRollover:
         assert reconnects(gw, "rollover") == 1
         assert gw.twilio_api.updates == []
 
+    async def test_rollover_waits_for_a_running_tool_and_its_answer(
+        self, start_gateway: StartGateway, tools: FakeToolServer
+    ) -> None:
+        """A tool running when the rollover is due: its result still goes to the session that called
+        it (with its call_id), and the swap waits until the agent has answered it; the new session's
+        replay carries the tool's use as a system note."""
+        tools.script("lookup", held=True)
+        lookup = {**LOOKUP, "webhook": {"url": tools.url("lookup")}}
+        agent = {"audio": "g711", "tools": [lookup]}
+        gw = await start_gateway(agent=agent, server=server(rollover_after_s=0.2))
+        await gw.twilio.call()
+        first = await gw.model.next_connection()
+        hold = gw.model.hold_upgrades()
+        await first.function_call("call_1", "lookup_booking", '{"name": "Ada"}')
+        await tools.wait_requests(1)
+        await gw.model.wait_upgrades(2)
+        hold.set()
+        second = await gw.model.next_connection()
+        tools.release("lookup")
+        output = (await first.wait_for("conversation.item.create"))[0]["item"]
+        assert output == {"type": "function_call_output", "call_id": "call_1", "output": '{"ok": true}'}
+        assert second.received == []  # the answer to the tool is still owed
+        await first.speak(b"\x44" * 160, chunk_bytes=160)
+        items = [e["item"] for e in await second.wait_for("conversation.item.create")]
+        note = 'The agent called lookup_booking({"name": "Ada"}); it returned {"ok": true}'
+        assert items == [message("system", "input_text", note)]
+        await asyncio.wait_for(first.closed.wait(), 5)
+        assert reconnects(gw, "rollover") == 1
+
     async def test_rollover_that_cannot_connect_leaves_the_call_alone(
         self, start_gateway: StartGateway
     ) -> None:
