@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 import gateway.__main__ as cli
+from tests.test_deploy import drain_timeout_s, required_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -184,3 +186,28 @@ CMD ["run"]
         parsed = check_image.parse_dockerfile("FROM python:3.13-slim\nCMD gateway run\n")
         with pytest.raises(ValueError):
             parsed.exec_form("CMD")
+
+
+class TestReadmeDockerRun:
+    readme = (ROOT / "README.md").read_text()
+
+    def block(self, needle: str) -> str:
+        blocks = re.findall(r"```bash\n(.*?)```", self.readme, re.S)
+        [found] = [b for b in blocks if needle in b]
+        return str(found)
+
+    def test_docker_run_line_matches_the_image(self) -> None:
+        """README's `docker run` publishes 8080, mounts /config, reads an env file, outwaits the drain."""
+        text = self.block("docker run -d").replace("\\\n", " ")
+        line = next(line for line in text.splitlines() if line.startswith("docker run"))
+        argv = shlex.split(line)
+        assert argv[argv.index("-p") + 1] == "8080:8080"
+        assert argv[argv.index("-v") + 1].split(":")[1:] == ["/config", "ro"]
+        assert "--env-file" in argv
+        example = ROOT / "config" / "agents.example.yaml"
+        assert int(argv[argv.index("--stop-timeout") + 1]) > drain_timeout_s(example)
+
+    def test_env_file_names_every_variable_the_example_needs(self) -> None:
+        """The README's env file lists exactly the variables config/agents.example.yaml requires."""
+        names = set(re.findall(r"^([A-Z_]+)=", self.block("# /srv/gateway.env"), re.M))
+        assert names == required_env(ROOT / "config" / "agents.example.yaml")
