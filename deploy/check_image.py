@@ -61,7 +61,7 @@ class Dockerfile:
         return [i for i in self.instructions if i.keyword == keyword and i.stage == last]
 
     def exec_form(self, keyword: str) -> list[str]:
-        """The final stage's last ENTRYPOINT or CMD as an argv; ValueError unless in exec (JSON) form."""
+        """The final stage's last ENTRYPOINT, CMD or HEALTHCHECK as an argv; ValueError unless exec form."""
         found = self.final(keyword)
         if not found:
             return []
