@@ -22,6 +22,7 @@ import gateway.__main__ as cli
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
+from gateway.server import GOODBYE_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -111,9 +112,14 @@ class TestDeployment:
         assert ports["http"] == 8080
 
     def test_grace_period_outlasts_the_drain(self, configmap_config: Path) -> None:
-        """terminationGracePeriodSeconds exceeds the ConfigMap's server.drain_timeout_s, or calls are cut."""
-        grace = manifest("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace > drain_timeout_s(configmap_config)
+        """terminationGracePeriodSeconds covers the preStop pause, the ConfigMap's drain_timeout_s and the
+        goodbyes, or calls are cut without a hang-up."""
+        pod = manifest("Deployment")["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        needed = float(command[1]) + drain_timeout_s(configmap_config) + GOODBYE_TIMEOUT_S
+        assert pod["terminationGracePeriodSeconds"] > needed
 
     def test_configmap_config_passes_gateway_check(
         self, configmap_config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -243,7 +249,8 @@ class TestCompose:
         config = self.bind_mounts("gateway")["/config/agents.yaml"]
         assert required_env(config) <= set(gateway["environment"])
         grace_s = int(gateway["stop_grace_period"].removesuffix("s"))
-        assert grace_s > drain_timeout_s(config)  # docker's default of 10 s would cut a drain short
+        # docker's default of 10 s would cut a drain short
+        assert grace_s > drain_timeout_s(config) + GOODBYE_TIMEOUT_S
 
     def test_prometheus_scrapes_the_gateway_service(self) -> None:
         """The mounted prometheus.yml scrapes gateway:8080/metrics: the compose service and its port."""

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import gateway.__main__ as cli
+from gateway.server import GOODBYE_TIMEOUT_S
 from tests.test_deploy import drain_timeout_s, required_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ class TestReadmeDockerRun:
         assert argv[argv.index("-v") + 1].split(":")[1:] == ["/config", "ro"]
         assert "--env-file" in argv
         example = ROOT / "config" / "agents.example.yaml"
-        assert int(argv[argv.index("--stop-timeout") + 1]) > drain_timeout_s(example)
+        assert int(argv[argv.index("--stop-timeout") + 1]) > drain_timeout_s(example) + GOODBYE_TIMEOUT_S
 
     def test_env_file_names_every_variable_the_example_needs(self) -> None:
         """The README's env file lists exactly the variables config/agents.example.yaml requires."""
