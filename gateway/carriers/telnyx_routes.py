@@ -15,13 +15,14 @@ import json
 import time
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.inbound import InboundFrames, media_socket_response
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
-from gateway.errors import ProtocolError
+from gateway.frames import FrameAudit
 from gateway.services import carrier_format
 from gateway.tokens import Grant
 
@@ -30,7 +31,6 @@ log = structlog.get_logger("gateway.telnyx")
 MEDIA_PREFIX = "/telnyx/media/"
 START_TIMEOUT_S = 10.0
 MEDIA_IDLE_TIMEOUT_S = 15.0  # Telnyx streams RTP continuously, silence included
-MAX_FRAME_BYTES = 1024 * 1024
 
 
 async def _verified_body(request: web.Request) -> bytes:
@@ -205,12 +205,11 @@ async def _start_dialed_stream(request: web.Request, call_id: str, agent_name: s
             await telnyx.hangup(call_id)
 
 
-async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
+async def _read_start(frames: InboundFrames) -> StreamStart | None:
+    """The `start` frame (after `connected`); None when the socket ends first. Bad frames before it
+    are counted and skipped (InboundFrames); only START_TIMEOUT_S bounds the wait."""
     async with asyncio.timeout(START_TIMEOUT_S):
-        async for message in ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            event = decode_frame(message.data)
+        while (event := await frames.next_event()) is not None:
             if isinstance(event, StreamStart):
                 return event
     return None
@@ -233,17 +232,25 @@ async def _reject(
 async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Telnyx media streaming: redeem the URL's token, read `start`, hand the call to a CallBridge."""
     app = request.app
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
+    limits = app[keys.CONFIG].server.limits
+    ws = media_socket_response(limits, MEDIA_IDLE_TIMEOUT_S)
     await ws.prepare(request)
     grant = app[keys.TOKENS].redeem(request.match_info.get("token", ""), "telnyx")
     if not isinstance(grant, Grant):
         return await _reject(ws, request, f"token_{grant}", f"stream token {grant}")
+    audit = FrameAudit(app[keys.METRICS], limits.bad_frame_log_interval_s)
+    frames = InboundFrames(ws, "telnyx", decode_frame, limits, audit)
     try:
-        start = await _read_start(ws)
-    except (TimeoutError, ProtocolError) as exc:
-        log.warning("media.no_start", carrier="telnyx", error=str(exc) or "timeout")
+        start = await _read_start(frames)
+    except TimeoutError:
+        log.warning("media.no_start", carrier="telnyx", error="timeout")
         return await _reject(ws, request, "no_start", "expected a start frame", grant.call_id)
+    finally:
+        audit.flush()
     if start is None:
+        if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
+            log.warning("media.no_start", carrier="telnyx", error=frames.ended_by)
+            return await _reject(ws, request, "no_start", "expected a start frame", grant.call_id)
         return ws
     if start.call_id != grant.call_id:
         return await _reject(ws, request, "token_wrong_call", "stream token wrong_call")

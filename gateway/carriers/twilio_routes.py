@@ -6,14 +6,15 @@ import asyncio
 from typing import Any
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.inbound import InboundFrames, media_socket_response
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
-from gateway.errors import ProtocolError
+from gateway.frames import FrameAudit
 from gateway.services import carrier_format
 from gateway.tokens import Grant
 
@@ -23,7 +24,6 @@ MEDIA_PATH = "/twilio/media"
 START_TIMEOUT_S = 10.0
 # Twilio streams 50 frames a second, silence included; this long without one means the socket is dead.
 MEDIA_IDLE_TIMEOUT_S = 15.0
-MAX_FRAME_BYTES = 1024 * 1024
 
 
 def _twiml(body: str) -> web.Response:
@@ -95,12 +95,11 @@ def _upgrade_urls(request: web.Request, media_base_url: str) -> list[str]:
     return urls
 
 
-async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
+async def _read_start(frames: InboundFrames) -> StreamStart | None:
+    """The `start` frame (after `connected`); None when the socket ends first. Bad frames before it
+    are counted and skipped (InboundFrames); only START_TIMEOUT_S bounds the wait."""
     async with asyncio.timeout(START_TIMEOUT_S):
-        async for message in ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            event = decode_frame(message.data)
+        while (event := await frames.next_event()) is not None:
             if isinstance(event, StreamStart):
                 return event
     return None
@@ -116,7 +115,8 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Twilio Media Streams: verify the upgrade, read `start`, hand the call to a CallBridge."""
     app = request.app
     config, twilio = app[keys.CONFIG], app[keys.TWILIO]
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
+    limits = config.server.limits
+    ws = media_socket_response(limits, MEDIA_IDLE_TIMEOUT_S)
     await ws.prepare(request)
     verify = twilio.config.verify_signatures
     if verify:
@@ -124,13 +124,20 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         if not twilio.verify(_upgrade_urls(request, config.server.media_base_url), {}, signature):
             await _reject(ws, request, "bad_signature", "invalid X-Twilio-Signature")
             return ws
+    audit = FrameAudit(app[keys.METRICS], limits.bad_frame_log_interval_s)
+    frames = InboundFrames(ws, "twilio", decode_frame, limits, audit)
     try:
-        start = await _read_start(ws)
-    except (TimeoutError, ProtocolError) as exc:
-        log.warning("media.no_start", carrier="twilio", error=str(exc) or "timeout")
+        start = await _read_start(frames)
+    except TimeoutError:
+        log.warning("media.no_start", carrier="twilio", error="timeout")
         await _reject(ws, request, "no_start", "expected a start frame")
         return ws
+    finally:
+        audit.flush()
     if start is None:
+        if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
+            log.warning("media.no_start", carrier="twilio", error=frames.ended_by)
+            await _reject(ws, request, "no_start", "expected a start frame")
         return ws
     agent_name = start.params.get("agent", "")
     if verify:
