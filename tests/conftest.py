@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
@@ -25,6 +29,15 @@ from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioAp
 
 OPENAI_KEY = "sk-test"
 TEXML_SECRET = "texml-secret-test"
+
+# Property tests: the same examples on every run (derandomize) so CI is reproducible, a fixed budget
+# per test (each test's own max_examples keeps it to a few seconds), no deadline (the machine is
+# shared, and timing must not fail a test), and no example database written into the checkout.
+settings.register_profile("gateway", database=None, derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("gateway")
+# Hypothesis still caches Unicode tables in its home directory (default: ./.hypothesis); keep that out of
+# the checkout too.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "telephony-gateway-hypothesis")
 
 
 def free_port() -> int:

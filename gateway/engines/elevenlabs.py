@@ -213,8 +213,6 @@ class ElevenLabsSession:
             mapped = map_server_event(event, self._state)
         except ProtocolError as exc:
             return (BadFrame(exc.reason, str(exc)),)
-        except RecursionError:  # json.dumps of tool parameters nested nearly as deep as json.loads allows
-            return (BadFrame("malformed_frame", "nested too deeply"),)
         events: list[EngineEvent] = []
         for item in mapped:
             if isinstance(item, Ping):

@@ -97,6 +97,15 @@ def map_server_event(event: dict[str, Any], state: ConversationState) -> tuple[E
     Raises ProtocolError, and nothing else, for an event the bridge needs that lacks what it needs
     (audio without a string payload). Types §E.3 does not list come back as an `unknown_event`.
     """
+    try:
+        return _map_event(event, state)
+    except RecursionError:  # str() or json.dumps of a field nested nearly as deep as json.loads allows
+        kind = event.get("type")
+        name = safe_name(kind) if isinstance(kind, str) else "?"
+        raise ProtocolError(f"{name}: nested too deeply") from None
+
+
+def _map_event(event: dict[str, Any], state: ConversationState) -> tuple[EngineEvent | Ping, ...]:
     kind = event.get("type")
     if kind == "audio":
         audio = _obj(event.get("audio_event"))

@@ -158,9 +158,19 @@ def _ms(value: object) -> int:
 def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
     """One server event in either dialect → the bridge's event, or None for events it does not use.
 
-    Raises ProtocolError for an event the bridge needs that lacks what it needs (an audio delta
-    without a string payload); optional fields that are missing or malformed read as empty.
+    Raises ProtocolError, and nothing else, for an event the bridge needs that lacks what it needs
+    (an audio delta without a string payload); optional fields that are missing or malformed read as
+    empty.
     """
+    try:
+        return _map_event(event)
+    except RecursionError:  # str() of a field nested nearly as deep as json.loads allows
+        kind = event.get("type")
+        name = safe_name(kind) if isinstance(kind, str) else "?"
+        raise ProtocolError(f"{name}: nested too deeply") from None
+
+
+def _map_event(event: dict[str, Any]) -> EngineEvent | None:
     kind = event.get("type")
     if kind in ("response.output_audio.delta", "response.audio.delta"):
         delta = event.get("delta")
@@ -228,8 +238,6 @@ def parse_server_message(text: str) -> EngineEvent | None:
         return map_server_event(raw)
     except ProtocolError as exc:
         return BadFrame(exc.reason, str(exc))
-    except RecursionError:  # str() of a field nested nearly as deep as json.loads allows
-        return BadFrame("malformed_frame", f"{kind}: nested too deeply")
 
 
 class OpenAIRealtimeSession:
