@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.forms import post_form
 from gateway.carriers.inbound import InboundFrames, media_socket_response
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
 from gateway.frames import FrameAudit
@@ -96,7 +97,7 @@ async def texml_webhook(request: web.Request) -> web.Response:
     if request.method == "POST":
         await _verified_body(request)
         # Only the signed body counts: the query string of a POST is not covered by the signature.
-        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        params = {k: v for k, v in (await post_form(request)).items() if isinstance(v, str)}
     else:
         _check_texml_secret(request)
         params = {k: v for k, v in request.query.items() if k != "secret"}
@@ -122,7 +123,7 @@ async def call_control_webhook(request: web.Request) -> web.Response:
         data = envelope["data"]
         event_type, payload = str(data["event_type"]), data.get("payload") or {}
         call_id = str(payload.get("call_control_id", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: deep nesting
         request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", "malformed").inc()
         raise web.HTTPBadRequest(text="not a Telnyx webhook envelope") from None
     calls = request.app[keys.CALLS]

@@ -12,6 +12,7 @@ from multidict import MultiDict, MultiDictProxy
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.forms import post_form
 from gateway.carriers.inbound import InboundFrames, media_socket_response
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.frames import FrameAudit
@@ -53,7 +54,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     """Twilio's voice webhook: verify the signature, pick the agent, answer with <Connect><Stream>."""
     app = request.app
     config, metrics, twilio, calls = app[keys.CONFIG], app[keys.METRICS], app[keys.TWILIO], app[keys.CALLS]
-    form = await request.post() if request.method == "POST" else MultiDict[str]()
+    form = await post_form(request) if request.method == "POST" else MultiDict[str]()
     params = _params(form)
     if twilio.config.verify_signatures:
         url = config.server.public_url + request.raw_path
