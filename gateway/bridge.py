@@ -307,6 +307,8 @@ class CallBridge:
             self._bad_frames.flush()
         if frames.ended_by == "heartbeat":
             return "carrier_timeout"
+        if frames.ended_by == "flood":
+            await frames.close_flooded()  # stop reading the flood now, not after the hang-up
         if frames.ended_by != "closed":
             # Flooded past flood_timeout_s, or a message the socket had to be closed for: the caller
             # may still be on the line, so the call is hung up at the carrier.

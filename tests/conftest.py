@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client import CollectorRegistry
@@ -60,6 +61,17 @@ def config_dict(port: int, model_url: str, twilio_api_url: str, **overrides: Any
     }
     doc.update(overrides)
     return doc
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer with the app run as `gateway.server` runs it. TestServer cancels a handler
+    whose connection is lost (handler_cancellation=True); production's AppRunner does not, so a call
+    whose media socket aiohttp closed itself (an oversize message, a missed pong) must be seen ending
+    as in production, not as `shutdown`."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
 
 
 @dataclass
@@ -131,7 +143,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
             config = parse_config(doc, env={})
             registry = CollectorRegistry()
             app = create_app(config, registry=registry)
-            server = TestServer(app, host="127.0.0.1", port=port)
+            server = GatewayTestServer(app, host="127.0.0.1", port=port)
             await server.start_server()
             stack.push_async_callback(server.close)
             http = await stack.enter_async_context(aiohttp.ClientSession())

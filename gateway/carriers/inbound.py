@@ -26,6 +26,7 @@ log = structlog.get_logger("gateway.carrier")
 # unanswered, or the carrier broke the rules badly enough that the socket had to go.
 EndedBy = Literal["closed", "heartbeat", "flood", "oversize", "invalid_websocket"]
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+FLOOD_CLOSE_MESSAGE = "frame rate limit exceeded"
 
 
 def media_socket_response(limits: LimitsConfig, idle_timeout_s: float) -> web.WebSocketResponse:
@@ -85,7 +86,7 @@ class InboundFrames:
             if not self._budget.admit():
                 self.bad("rate_limited")
                 if self._budget.flooding:
-                    await self._end_flood()
+                    self._end_flood()
                     return None
                 continue
             if message.type == WSMsgType.BINARY:
@@ -127,7 +128,12 @@ class InboundFrames:
         else:
             log.warning("carrier.socket_error", source=self.source, error=type(error).__name__)
 
-    async def _end_flood(self) -> None:
+    def _end_flood(self) -> None:
+        # The socket is left open for the owner to close after counting the refusal, so whoever
+        # sees it close also sees the reason counted.
         log.warning("carrier.flooding", source=self.source, dropped=self._budget.dropped)
         self.ended_by = "flood"
-        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"frame rate limit exceeded")
+
+    async def close_flooded(self) -> None:
+        """Close a socket that ended by flooding: 1008 (policy violation) with the reason."""
+        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=FLOOD_CLOSE_MESSAGE.encode())

@@ -21,7 +21,7 @@ from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.forms import post_form
-from gateway.carriers.inbound import InboundFrames, media_socket_response
+from gateway.carriers.inbound import FLOOD_CLOSE_MESSAGE, InboundFrames, media_socket_response
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
 from gateway.frames import FrameAudit
 from gateway.services import carrier_format
@@ -251,7 +251,8 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     if start is None:
         if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
             log.warning("media.no_start", carrier="telnyx", error=frames.ended_by)
-            return await _reject(ws, request, "no_start", "expected a start frame", grant.call_id)
+            message = FLOOD_CLOSE_MESSAGE if frames.ended_by == "flood" else "expected a start frame"
+            return await _reject(ws, request, "no_start", message, grant.call_id)
         return ws
     if start.call_id != grant.call_id:
         return await _reject(ws, request, "token_wrong_call", "stream token wrong_call")

@@ -13,7 +13,7 @@ from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.forms import post_form
-from gateway.carriers.inbound import InboundFrames, media_socket_response
+from gateway.carriers.inbound import FLOOD_CLOSE_MESSAGE, InboundFrames, media_socket_response
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.frames import FrameAudit
 from gateway.services import carrier_format
@@ -138,7 +138,8 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     if start is None:
         if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
             log.warning("media.no_start", carrier="twilio", error=frames.ended_by)
-            await _reject(ws, request, "no_start", "expected a start frame")
+            message = FLOOD_CLOSE_MESSAGE if frames.ended_by == "flood" else "expected a start frame"
+            await _reject(ws, request, "no_start", message)
         return ws
     agent_name = start.params.get("agent", "")
     if verify:
