@@ -44,6 +44,9 @@ class LimitsConfig(_Section):
     frame_burst: int = Field(400, ge=50)
     # Frames over the limit are dropped; a call still dropping after this long is ended.
     flood_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Carriers stream audio continuously, silence included: a media socket that sends no frame for
+    # this long is dead (pongs do not count: a peer that answers pings but sends no audio is gone too).
+    idle_timeout_s: float = Field(15.0, gt=0, le=300)
     # A media socket quiet this long is pinged; without a pong within half of it, it is dead.
     # Any frame received resets the clock, so a streaming carrier is never pinged. null: off.
     heartbeat_s: float | None = Field(5.0, ge=1, le=60)

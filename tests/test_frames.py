@@ -182,6 +182,7 @@ class TestLimitsConfig:
             frames_per_s=200,
             frame_burst=400,
             flood_timeout_s=5,
+            idle_timeout_s=15,
             heartbeat_s=5,
             bad_frame_log_interval_s=10,
         )
@@ -201,6 +202,7 @@ class TestLimitsConfig:
             "frames_per_s": 50,
             "frame_burst": 10,
             "flood_timeout_s": 0,
+            "idle_timeout_s": -1,
             "heartbeat_s": 0.5,
             "bogus": 1,
         }
@@ -212,5 +214,6 @@ class TestLimitsConfig:
             "server.limits.frame_burst: must be at least 50",
             "server.limits.frames_per_s: must be at least 100.0",
             "server.limits.heartbeat_s: must be at least 1.0",
+            "server.limits.idle_timeout_s: must be greater than 0.0",
             "server.limits.max_message_bytes: must be at least 4096",
         ]

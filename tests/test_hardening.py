@@ -16,7 +16,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import keys
-from gateway.carriers import twilio_routes
 from gateway.engines import openai_realtime
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_realtime import FakeRealtimeConnection
@@ -276,13 +275,10 @@ class TestBeforeStart:
 
 
 class TestHeartbeat:
-    async def test_a_peer_that_stops_answering_pings_is_hung_up(
-        self, start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    async def test_a_peer_that_stops_answering_pings_is_hung_up(self, start_gateway: StartGateway) -> None:
         """A media socket that goes quiet is pinged after heartbeat_s; without a pong it is treated as
         dead (carrier_timeout, hung up through REST) long before the 60 s idle timeout set here."""
-        monkeypatch.setattr(twilio_routes, "MEDIA_IDLE_TIMEOUT_S", 60.0)
-        gw = await start_gateway(server=server(heartbeat_s=1))
+        gw = await start_gateway(server=server(heartbeat_s=1, idle_timeout_s=60))
         call_sid = "CA" + "6" * 32
         _, body = await gw.twilio.webhook(call_sid=call_sid)
         url, params = gw.twilio.parse_stream(body)

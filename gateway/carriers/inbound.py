@@ -9,6 +9,7 @@ what ends the socket is reported in `ended_by`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Literal
 
@@ -29,17 +30,16 @@ _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 FLOOD_CLOSE_MESSAGE = "frame rate limit exceeded"
 
 
-def media_socket_response(limits: LimitsConfig, idle_timeout_s: float) -> web.WebSocketResponse:
+def media_socket_response(limits: LimitsConfig) -> web.WebSocketResponse:
     """A carrier media socket with the configured size limit and heartbeat.
 
     aiohttp resets the heartbeat on every frame received, so a streaming carrier (50 frames a
     second) is never pinged; a quiet one is, and must answer within half the interval (RFC 6455
-    requires a pong; Twilio and Telnyx do not document otherwise). `idle_timeout_s` still ends a
-    socket that answers pings but sends no audio.
+    requires a pong; Twilio and Telnyx do not document otherwise). The idle timeout is not aiohttp's
+    `receive_timeout`, which every pong restarts: InboundFrames keeps it from the last real frame.
     """
     return web.WebSocketResponse(
         max_msg_size=limits.max_message_bytes,
-        receive_timeout=idle_timeout_s,
         heartbeat=limits.heartbeat_s,
         # permessage-deflate is declined (RFC 7692 lets a server): frames are a few hundred bytes, and
         # inflating every one would cost CPU for nothing.
@@ -65,6 +65,9 @@ class InboundFrames:
         self._decode = decode
         self._budget = FrameBudget(limits.frames_per_s, limits.frame_burst, limits.flood_timeout_s)
         self._audit = audit
+        self._idle_timeout_s = limits.idle_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._last_frame_at = self._loop.time()
         self.started = started
         self.ended_by: EndedBy = "closed"
 
@@ -74,10 +77,13 @@ class InboundFrames:
     async def next_event(self) -> CarrierEvent | None:
         """The next usable event; None once the socket is gone (see `ended_by`).
 
-        Raises TimeoutError when the socket's receive timeout passes without any frame at all.
+        Raises TimeoutError when `idle_timeout_s` passes without a frame (pings and pongs are not
+        frames: the deadline is absolute, where aiohttp's receive timeout would restart on each pong).
         """
         while True:
-            message = await self._ws.receive()
+            async with asyncio.timeout_at(self._last_frame_at + self._idle_timeout_s):
+                message = await self._ws.receive()
+            self._last_frame_at = self._loop.time()
             if message.type in _CLOSED:
                 return None
             if message.type == WSMsgType.ERROR:

@@ -31,7 +31,6 @@ log = structlog.get_logger("gateway.telnyx")
 
 MEDIA_PREFIX = "/telnyx/media/"
 START_TIMEOUT_S = 10.0
-MEDIA_IDLE_TIMEOUT_S = 15.0  # Telnyx streams RTP continuously, silence included
 
 
 async def _verified_body(request: web.Request) -> bytes:
@@ -234,7 +233,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Telnyx media streaming: redeem the URL's token, read `start`, hand the call to a CallBridge."""
     app = request.app
     limits = app[keys.CONFIG].server.limits
-    ws = media_socket_response(limits, MEDIA_IDLE_TIMEOUT_S)
+    ws = media_socket_response(limits)
     await ws.prepare(request)
     grant = app[keys.TOKENS].redeem(request.match_info.get("token", ""), "telnyx")
     if not isinstance(grant, Grant):

@@ -24,7 +24,6 @@ log = structlog.get_logger("gateway.twilio")
 MEDIA_PATH = "/twilio/media"
 START_TIMEOUT_S = 10.0
 # Twilio streams 50 frames a second, silence included; this long without one means the socket is dead.
-MEDIA_IDLE_TIMEOUT_S = 15.0
 
 
 def _twiml(body: str) -> web.Response:
@@ -117,7 +116,7 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     config, twilio = app[keys.CONFIG], app[keys.TWILIO]
     limits = config.server.limits
-    ws = media_socket_response(limits, MEDIA_IDLE_TIMEOUT_S)
+    ws = media_socket_response(limits)
     await ws.prepare(request)
     verify = twilio.config.verify_signatures
     if verify:
