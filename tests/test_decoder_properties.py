@@ -172,6 +172,19 @@ class TestTwilioDecode:
             assert isinstance(event, CARRIER_EVENTS)
 
     @settings(max_examples=150)
+    @given(digit=st.text(max_size=40).filter(lambda d: d.upper() not in set("0123456789*#ABCD")))
+    def test_a_dtmf_digit_that_is_no_key_is_refused(self, digit: str) -> None:
+        """A dtmf `digit` is forwarded to the model as the caller's words, so anything but one of the
+        sixteen DTMF keys is a malformed frame, never an event."""
+        for carrier, frame in (
+            (twilio, {"event": "dtmf", "streamSid": "s", "dtmf": {"track": "inbound_track", "digit": digit}}),
+            (telnyx, {"event": "dtmf", "stream_id": "s", "dtmf": {"digit": digit}}),
+        ):
+            with pytest.raises(ProtocolError) as error:
+                carrier.decode_frame(json.dumps(frame))
+            assert error.value.reason == "malformed_frame"
+
+    @settings(max_examples=150)
     @given(
         call_sid=ids,
         stream_sid=ids,

@@ -80,6 +80,18 @@ def load_frame(text: str, carrier: str) -> tuple[dict[str, Any], str]:
     return frame, frame["event"]
 
 
+# The sixteen DTMF keys. A `digit` is forwarded to the model as the caller's words, so anything else
+# (a frame could carry any text there) is refused rather than passed on.
+_DTMF_KEYS = frozenset("0123456789*#ABCD")
+
+
+def dtmf_digit(value: object, carrier: str) -> str:
+    """A dtmf frame's `digit`, if it is one DTMF key (A-D in either case); ProtocolError otherwise."""
+    if isinstance(value, str) and value.upper() in _DTMF_KEYS:
+        return value.upper()
+    raise ProtocolError(f"{carrier} dtmf frame: digit is not a DTMF key")
+
+
 class MediaCodec(Protocol):
     """Encodes frames for one media stream (Twilio needs the stream id on every frame)."""
 

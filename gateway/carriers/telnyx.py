@@ -25,6 +25,7 @@ from gateway.carriers.base import (
     StreamStart,
     StreamStop,
     Unknown,
+    dtmf_digit,
     load_frame,
 )
 from gateway.config import TelnyxConfig
@@ -134,7 +135,7 @@ def _decode(frame: dict[str, Any], event: str) -> CarrierEvent:
     if event == "stop":
         return StreamStop()
     if event == "dtmf":
-        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+        return Dtmf(dtmf_digit(_field(_field(frame, "dtmf", event), "digit", event), "telnyx"))
     if event == "connected":
         return Connected()
     if event == "error":

@@ -24,6 +24,7 @@ from gateway.carriers.base import (
     StreamStart,
     StreamStop,
     Unknown,
+    dtmf_digit,
     load_frame,
 )
 from gateway.config import TwilioConfig
@@ -149,7 +150,7 @@ def _decode(frame: dict[str, Any], event: str) -> CarrierEvent:
     if event == "stop":
         return StreamStop()
     if event == "dtmf":
-        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+        return Dtmf(dtmf_digit(_field(_field(frame, "dtmf", event), "digit", event), "twilio"))
     if event == "connected":
         return Connected()
     return Unknown(event)
