@@ -8,7 +8,6 @@ converter per direction for the life of the session.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import time
 
@@ -18,13 +17,27 @@ from aiohttp import web
 from gateway.audio import AudioFormat, Converter, ResampleQuality, b64_decoded_len
 from gateway.carriers.base import MediaCodec
 from gateway.engines.base import AudioDelta, EngineSession
+from gateway.errors import ProtocolError
 from gateway.metrics import GatewayMetrics
 from gateway.playback import PlaybackTracker
 
 log = structlog.get_logger("gateway.bridge")
 
-# Passthrough splices payloads into JSON frames unparsed, so they must be plain base64.
+# Passthrough splices payloads into JSON frames unparsed, so they must be plain, padded base64.
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _is_base64(text: str) -> bool:
+    return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
+
+
+def _decode_base64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character (plain ValueError)
+        raise ProtocolError(f"{what} is not base64", reason="bad_base64") from None
+
+
 HOLD_ITEM = "hold"  # playback item id for hold audio (never truncated into the model's context)
 
 
@@ -72,18 +85,14 @@ class AudioPath:
     # -- caller → model ---------------------------------------------------------------------------
 
     async def caller_audio(self, session: EngineSession, payload_b64: str) -> None:
+        """Forward one media payload; ProtocolError (`bad_base64`, nothing sent) if it is not base64."""
         if self._up is None:
-            if not _BASE64.fullmatch(payload_b64):
-                log.warning("carrier.bad_frame", error="media payload is not base64")
-                return
+            if not _is_base64(payload_b64):
+                raise ProtocolError("media payload is not base64", reason="bad_base64")
             self.bytes_from_caller += b64_decoded_len(payload_b64)
             await session.send_audio(payload_b64)
             return
-        try:
-            caller_audio = base64.b64decode(payload_b64, validate=True)
-        except binascii.Error:
-            log.warning("carrier.bad_frame", error="media payload is not base64")
-            return
+        caller_audio = _decode_base64(payload_b64, "media payload")
         self.bytes_from_caller += len(caller_audio)
         cpu = time.thread_time()
         model_audio = self._up.convert(caller_audio)
@@ -94,22 +103,20 @@ class AudioPath:
     # -- model → caller ---------------------------------------------------------------------------
 
     async def model_audio(self, event: AudioDelta) -> bool:
-        """Forward one model audio delta; False when it was dropped (interrupted, malformed)."""
+        """Forward one model audio delta; False when it was dropped because the caller interrupted it.
+
+        Raises ProtocolError (`bad_base64`, nothing sent) for a delta that is not base64.
+        """
         if event.item_id in self._interrupted:
             return False  # audio of a response the caller interrupted, still in flight from the model
         if self._down is None:
-            if not _BASE64.fullmatch(event.audio_b64):
-                log.warning("engine.bad_frame", error="audio delta is not base64")
-                return False
+            if not _is_base64(event.audio_b64):
+                raise ProtocolError("audio delta is not base64", reason="bad_base64")
             nbytes = b64_decoded_len(event.audio_b64)
             self.playback.received(event.item_id, nbytes)
             await self.send(event.item_id, event.audio_b64, nbytes)
             return True
-        try:
-            model_audio = base64.b64decode(event.audio_b64, validate=True)
-        except binascii.Error:
-            log.warning("engine.bad_frame", error="audio delta is not base64")
-            return False
+        model_audio = _decode_base64(event.audio_b64, "audio delta")
         self.playback.received(event.item_id, len(model_audio))
         cpu = time.thread_time()
         caller_audio = self._down.convert(model_audio)

@@ -14,15 +14,17 @@ import asyncio
 import time
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway.accounting import CallAccounting
 from gateway.audio_path import AudioPath
 from gateway.carriers.base import Carrier, Dtmf, MarkEcho, Media, StreamStart, StreamStop
+from gateway.carriers.inbound import InboundFrames
 from gateway.config import AnyAgentConfig
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
+    BadFrame,
     EngineFailure,
     EngineSession,
     InputCommitted,
@@ -35,6 +37,7 @@ from gateway.engines.base import (
 )
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
+from gateway.frames import FrameAudit
 from gateway.reconnect import SessionKeeper
 from gateway.services import ANNOUNCED, END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
@@ -65,6 +68,8 @@ class CallBridge:
         self._services = services
         self._metrics = services.metrics
         self.audio = AudioPath(ws, carrier.codec(start), fmt, services.metrics)
+        limits = services.config.server.limits
+        self._bad_frames = FrameAudit(services.metrics, limits.bad_frame_log_interval_s)
         self._session: EngineSession | None = None
         self._accounting: CallAccounting | None = None
         self._features: CallFeatures | None = None
@@ -300,24 +305,40 @@ class CallBridge:
     async def _read_caller(self) -> EndReason:
         features = self._features
         assert features is not None
-        async for message in self._ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            try:
-                event = self.carrier.decode(message.data)
-            except ProtocolError as exc:
-                log.warning("carrier.bad_frame", error=str(exc))
-                continue
-            if isinstance(event, Media):
-                await self.audio.caller_audio(self.session, event.payload_b64)
-            elif isinstance(event, MarkEcho):
-                self.audio.playback.marked(event.name)
-                await features.on_progress()
-            elif isinstance(event, Dtmf):
-                features.on_dtmf(event.digit)
-            elif isinstance(event, StreamStop):
-                log.info("carrier.stop")
-                return "caller_hangup"
+        # Screens every frame (budget, decoding, order); what gets through is well formed.
+        frames = InboundFrames(
+            self._ws,
+            self.carrier.name,
+            self.carrier.decode,
+            self._services.config.server.limits,
+            self._bad_frames,
+            started=True,
+        )
+        try:
+            while (event := await frames.next_event()) is not None:
+                if isinstance(event, Media):
+                    try:
+                        await self.audio.caller_audio(self.session, event.payload_b64)
+                    except ProtocolError as exc:  # not base64: dropped, never spliced into a model event
+                        frames.bad(exc.reason, str(exc))
+                elif isinstance(event, MarkEcho):
+                    self.audio.playback.marked(event.name)
+                    await features.on_progress()
+                elif isinstance(event, Dtmf):
+                    features.on_dtmf(event.digit)
+                elif isinstance(event, StreamStop):
+                    log.info("carrier.stop")
+                    return "caller_hangup"
+        finally:
+            self._bad_frames.flush()
+        if frames.ended_by == "heartbeat":
+            return "carrier_timeout"
+        if frames.ended_by == "flood":
+            await frames.close_flooded()  # stop reading the flood now, not after the hang-up
+        if frames.ended_by != "closed":
+            # Flooded past flood_timeout_s, or a message the socket had to be closed for: the caller
+            # may still be on the line, so the call is hung up at the carrier.
+            return "protocol_violation"
         log.info("carrier.closed")
         return "caller_hangup"
 
@@ -340,8 +361,11 @@ class CallBridge:
                 break  # a late event of a session already handed off
             self._keeper.observe(session, event)
             if isinstance(event, AudioDelta):
-                if await self.audio.model_audio(event):
-                    accounting.agent_audio_sent()
+                try:
+                    if await self.audio.model_audio(event):
+                        accounting.agent_audio_sent()
+                except ProtocolError as exc:  # not base64: dropped, never spliced into a carrier frame
+                    self._bad_frames.bad("engine", self._agent.engine, exc.reason, str(exc))
             elif isinstance(event, SpeechStarted):
                 await self._barge_in(session)
             elif isinstance(event, SpeechStopped | InputCommitted):
@@ -369,6 +393,9 @@ class CallBridge:
                     raise EngineError(event.message, code=event.code, retryable=event.retryable)
                 # Non-fatal errors (a rejected truncate, a cancel with nothing in flight) are survived.
                 log.warning("engine.error", code=event.code, message=event.message)
+            elif isinstance(event, BadFrame):
+                # Malformed or unknown model events: counted, logged at a bounded rate, skipped.
+                self._bad_frames.bad("engine", self._agent.engine, event.reason, event.detail)
 
     async def _barge_in(self, session: EngineSession) -> None:
         assert self._accounting is not None and self._features is not None

@@ -1,7 +1,7 @@
 """Prometheus metrics, registered on an injected registry (a fresh one per test, the default in production).
 
 Labels come only from small closed sets (carrier, agent, engine, model, kind, component, outcome,
-status, reason, direction, result): never call ids or phone numbers.
+status, reason, direction, result, source): never call ids, phone numbers or anything a peer sent.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ class GatewayMetrics:
             "gateway_webhook_rejections",
             "Carrier webhooks and media sockets refused, by reason (bad_signature, token_expired, ...).",
             ["carrier", "reason"],
+            registry=registry,
+        )
+        self.bad_frames_total = Counter(
+            "gateway_bad_frames",
+            "Frames from a carrier or model socket that were not used, by source (carrier or engine) and "
+            "reason (malformed_json, bad_base64, oversize, rate_limited, ...).",
+            ["source", "reason"],
             registry=registry,
         )
         # -- usage and cost ---------------------------------------------------------------------

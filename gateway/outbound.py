@@ -76,7 +76,7 @@ def _authorize(request: web.Request) -> None:
 def _parse(raw: bytes) -> DialRequest:
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json.loads follows
         raise Refused(400, "bad_body", "the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise Refused(400, "bad_body", "the body must be a JSON object")

@@ -61,6 +61,32 @@ class AnnouncementsConfig(_Section):
     )
 
 
+class LimitsConfig(_Section):
+    """What one carrier media socket may send (README "Hardening"). The floors keep a typo from
+    cutting the audio of every call: a carrier sends 50 media frames a second, plus a mark echo for
+    each agent audio frame, plus DTMF."""
+
+    # The largest legitimate inbound frame is a `start` (a few hundred bytes; a media frame is ~400).
+    # 64 KiB is over a hundred times that; a bigger message closes the socket (1009) before it is
+    # buffered, and the call is ended as `protocol_violation`.
+    max_message_bytes: int = Field(64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # Sustained frames per second: twice the busiest honest stream (50 media + 50 mark echoes).
+    frames_per_s: float = Field(200.0, ge=100)
+    # Frames allowed at once above that: two seconds at the sustained rate, enough for a TCP stall
+    # delivering its backlog and for the mark echoes a `clear` releases all together.
+    frame_burst: int = Field(400, ge=50)
+    # Frames over the limit are dropped; a call still dropping after this long is ended.
+    flood_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Carriers stream audio continuously, silence included: a media socket that sends no frame for
+    # this long is dead (pongs do not count: a peer that answers pings but sends no audio is gone too).
+    idle_timeout_s: float = Field(15.0, gt=0, le=300)
+    # A media socket quiet this long is pinged; without a pong within half of it, it is dead.
+    # Any frame received resets the clock, so a streaming carrier is never pinged. null: off.
+    heartbeat_s: float | None = Field(5.0, ge=1, le=60)
+    # At most one warning per call, per kind of bad frame, per this many seconds.
+    bad_frame_log_interval_s: float = Field(10.0, ge=0)
+
+
 class ServerConfig(_Section):
     # Binding every interface is what a container needs; operators narrow it with `host:`.
     host: str = "0.0.0.0"  # noqa: S104
@@ -71,6 +97,7 @@ class ServerConfig(_Section):
     admin_token: SecretStr | None = None  # enables GET /calls (Authorization: Bearer <token>)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     announcements: AnnouncementsConfig = Field(default_factory=AnnouncementsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("public_url")
     @classmethod

@@ -28,6 +28,7 @@ EndReason = Literal[
     "transferred",
     "shutdown",
     "error",
+    "protocol_violation",  # the carrier flooded the socket, or sent a message it had to be closed for
     "rejected",
 ]
 # Endings after which the caller is no longer ours to hang up.
@@ -42,7 +43,13 @@ ANNOUNCED: dict[str, Literal["shutdown", "engine_failure"]] = {
 }
 # When both tasks finish together, the more telling reason wins: an engine failure explains the
 # caller hang-up that follows it, not the other way round.
-END_PRIORITY: dict[str, int] = {"engine_error": 4, "error": 3, "engine_closed": 2, "carrier_timeout": 1}
+END_PRIORITY: dict[str, int] = {
+    "engine_error": 4,
+    "error": 3,
+    "protocol_violation": 3,
+    "engine_closed": 2,
+    "carrier_timeout": 1,
+}
 _CARRIER_FORMATS = {"PCMU": ULAW_8K, "AUDIO/X-MULAW": ULAW_8K, "PCMA": ALAW_8K, "AUDIO/X-ALAW": ALAW_8K}
 
 

@@ -109,7 +109,7 @@ class ToolRunner:
             return _error(f"unknown tool {name!r}; available: {', '.join(sorted(self._tools)) or 'none'}")
         try:
             args = json.loads(arguments or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than json.loads follows
             return _error("the arguments are not valid JSON")
         if not isinstance(args, dict):
             return _error("the arguments must be a JSON object")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
@@ -25,6 +30,15 @@ from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, FakeTwilioAp
 
 OPENAI_KEY = "sk-test"
 TEXML_SECRET = "texml-secret-test"
+
+# Property tests: the same examples on every run (derandomize) so CI is reproducible, a fixed budget
+# per test (each test's own max_examples keeps it to a few seconds), no deadline (the machine is
+# shared, and timing must not fail a test), and no example database written into the checkout.
+settings.register_profile("gateway", database=None, derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("gateway")
+# Hypothesis still caches Unicode tables in its home directory (default: ./.hypothesis); keep that out of
+# the checkout too.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "telephony-gateway-hypothesis")
 
 
 def free_port() -> int:
@@ -47,6 +61,17 @@ def config_dict(port: int, model_url: str, twilio_api_url: str, **overrides: Any
     }
     doc.update(overrides)
     return doc
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer with the app run as `gateway.server` runs it. TestServer cancels a handler
+    whose connection is lost (handler_cancellation=True); production's AppRunner does not, so a call
+    whose media socket aiohttp closed itself (an oversize message, a missed pong) must be seen ending
+    as in production, not as `shutdown`."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
 
 
 @dataclass
@@ -121,7 +146,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
             config = parse_config(doc, env={})
             registry = CollectorRegistry()
             app = create_app(config, registry=registry)
-            server = TestServer(app, host="127.0.0.1", port=port)
+            server = GatewayTestServer(app, host="127.0.0.1", port=port)
             await server.start_server()
             stack.push_async_callback(server.close)
             http = await stack.enter_async_context(aiohttp.ClientSession())

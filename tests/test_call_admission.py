@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway import keys
 from tests.conftest import StartGateway
 
 MEDIA = "/twilio/media"
@@ -229,5 +230,36 @@ class TestCapacity:
             )
             == 1
         )
+        await first.stop()
+        await first.wait_closed()
+
+    async def test_a_call_refused_as_busy_never_opens_a_model_socket(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """max_concurrent_calls is enforced before any model socket is opened: a stream whose place
+        lapsed (its reservation expired) and that arrives while the gateway is full is closed with
+        1013 and hung up, and the model server sees no connection for it, ever."""
+        gw = await start_gateway(
+            server={
+                "host": "127.0.0.1",
+                "port": 1,
+                "public_url": "http://127.0.0.1:1",
+                "max_concurrent_calls": 1,
+            }
+        )
+        late_sid = "CA" + "8" * 32
+        _, body = await gw.twilio.webhook(call_sid=late_sid)
+        url, late_params = gw.twilio.parse_stream(body)
+        gw.app[keys.CALLS].release(late_sid)  # as if its reservation had expired before it streamed
+        first = await gw.twilio.call()
+        await gw.model.next_connection()
+        late = await gw.twilio.open_stream(url, late_params, call_sid=late_sid)
+        assert await late.wait_closed() == 1013
+        assert late.close_reason == "busy"
+        await gw.twilio_api.wait_hangup(late_sid)
+        assert len(gw.model.all_connections) == 1
+        assert gw.model.connections.empty()
+        busy = {"carrier": "twilio", "agent": "receptionist", "engine": "openai_realtime_2"}
+        assert gw.metric("gateway_calls_total", **busy, outcome="rejected_busy") == 1
         await first.stop()
         await first.wait_closed()

@@ -9,7 +9,6 @@ import base64
 import pytest
 
 from gateway import keys
-from gateway.carriers import twilio_routes
 from gateway.server import drain
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.signals import tone_ulaw
@@ -104,12 +103,12 @@ class TestModelFailure:
         await call.wait_closed()
         assert ended(gw, "max_duration") == 1
 
-    async def test_silent_carrier_socket_ends_the_call(
-        self, start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A media socket that stops sending frames (Twilio sends 50 a second) is treated as dead."""
-        monkeypatch.setattr(twilio_routes, "MEDIA_IDLE_TIMEOUT_S", 0.3)
-        gw = await start_gateway()
+    async def test_silent_carrier_socket_ends_the_call(self, start_gateway: StartGateway) -> None:
+        """A media socket that stops sending frames (Twilio sends 50 a second) is treated as dead after
+        server.limits.idle_timeout_s, even though it answers the heartbeat ping sent in between (a
+        pong must not restart the idle clock)."""
+        server = {"host": "127.0.0.1", "port": 1, "public_url": "http://127.0.0.1:1"}
+        gw = await start_gateway(server={**server, "limits": {"idle_timeout_s": 1.5, "heartbeat_s": 1}})
         call = await gw.twilio.call()
         await gw.model.next_connection()
         await gw.twilio_api.wait_hangup(call.call_sid)

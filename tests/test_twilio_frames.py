@@ -30,6 +30,7 @@ from gateway.carriers.base import (
     Media,
     StreamStart,
     StreamStop,
+    Unknown,
 )
 from gateway.carriers.twilio import (
     TwilioCarrier,
@@ -274,9 +275,10 @@ class TestDecodeFrame:
         """`stop` decodes to StreamStop."""
         assert decode_frame(wire(FRAMES["stop"])) == StreamStop()
 
-    def test_unknown_event_ignored(self) -> None:
-        """A well-formed frame with an event we do not know is Ignored with its name, not an error."""
-        assert decode_frame(wire(FRAMES["unknown"])) == Ignored("transcription")
+    def test_unknown_event_is_reported_not_raised(self) -> None:
+        """A well-formed frame with an event we do not know is Unknown with its name (counted as an
+        unknown_event bad frame by the socket reader), not an error."""
+        assert decode_frame(wire(FRAMES["unknown"])) == Unknown("transcription")
 
     def test_every_recorded_frame_decodes(self) -> None:
         """Every recorded frame decodes without error, also with Twilio's spaced JSON formatting."""

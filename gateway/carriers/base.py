@@ -6,8 +6,11 @@ frames and costs nothing to call on the hot path.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from gateway.errors import ProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,40 @@ class Ignored:
     event: str
 
 
-CarrierEvent = StreamStart | Media | MarkEcho | Dtmf | StreamStop | Connected | Ignored
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A well-formed frame whose event the protocol does not define (counted, then dropped)."""
+
+    event: str
+
+
+CarrierEvent = StreamStart | Media | MarkEcho | Dtmf | StreamStop | Connected | Ignored | Unknown
+
+
+def load_frame(text: str, carrier: str) -> tuple[dict[str, Any], str]:
+    """One frame's JSON object and its `event` name; ProtocolError (`malformed_json`) otherwise."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ProtocolError(f"{carrier} frame: not JSON", reason="malformed_json") from None
+    except RecursionError:
+        # Nesting deeper than the interpreter allows fits in a few kilobytes of `[`.
+        raise ProtocolError(f"{carrier} frame: nested too deeply", reason="malformed_json") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+        raise ProtocolError(f"{carrier} frame: no event field", reason="malformed_json")
+    return frame, frame["event"]
+
+
+# The sixteen DTMF keys. A `digit` is forwarded to the model as the caller's words, so anything else
+# (a frame could carry any text there) is refused rather than passed on.
+_DTMF_KEYS = frozenset("0123456789*#ABCD")
+
+
+def dtmf_digit(value: object, carrier: str) -> str:
+    """A dtmf frame's `digit`, if it is one DTMF key (A-D in either case); ProtocolError otherwise."""
+    if isinstance(value, str) and value.upper() in _DTMF_KEYS:
+        return value.upper()
+    raise ProtocolError(f"{carrier} dtmf frame: digit is not a DTMF key")
 
 
 class MediaCodec(Protocol):
@@ -70,7 +106,7 @@ class Carrier(Protocol):
     name: str
 
     def decode(self, text: str) -> CarrierEvent:
-        """Decode one text frame; raises ProtocolError naming what is wrong."""
+        """Decode one text frame; raises ProtocolError (and nothing else) naming what is wrong."""
 
     def codec(self, start: StreamStart) -> MediaCodec: ...
 

@@ -26,6 +26,9 @@ from gateway.carriers.base import (
     Media,
     StreamStart,
     StreamStop,
+    Unknown,
+    dtmf_digit,
+    load_frame,
 )
 from gateway.config import TelnyxConfig
 from gateway.errors import ProtocolError
@@ -94,15 +97,26 @@ def _field(obj: Any, key: str, frame: str) -> Any:
     return obj[key]
 
 
+def _sample_rate(value: object) -> int:
+    """`media_format.sample_rate` as a number or a string of digits; anything else reads as 8000."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and 0 < len(value) <= 6:
+        return int(value)
+    return 8000
+
+
 def decode_frame(text: str) -> CarrierEvent:
-    """Decode one media-stream frame from Telnyx (§D.3)."""
+    """Decode one media-stream frame from Telnyx (§D.3); raises ProtocolError and nothing else."""
+    frame, event = load_frame(text, "telnyx")
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise ProtocolError("telnyx frame: not JSON") from None
-    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
-        raise ProtocolError("telnyx frame: no event field")
-    event = frame["event"]
+        return _decode(frame, event)
+    except RecursionError:  # str() of a value nested nearly as deep as json.loads allows
+        raise ProtocolError("telnyx frame: nested too deeply") from None
+
+
+def _decode(frame: dict[str, Any], event: str) -> CarrierEvent:
+    """Dispatch on the events of §D.3; any other name is Unknown."""
     if event == "media":
         media = _field(frame, "media", event)
         payload = _field(media, "payload", event)
@@ -119,24 +133,23 @@ def decode_frame(text: str) -> CarrierEvent:
             raise ProtocolError("telnyx start frame: start is not an object")
         fmt = start.get("media_format")
         fmt = fmt if isinstance(fmt, dict) else {}
-        rate = fmt.get("sample_rate", 8000)
         return StreamStart(
             call_id=str(_field(start, "call_control_id", event)),
             stream_id=str(_field(frame, "stream_id", event)),
             encoding=str(fmt.get("encoding") or ""),  # absent: the configured codec applies
-            sample_rate_hz=int(rate) if isinstance(rate, int | str) and str(rate).isdigit() else 8000,
+            sample_rate_hz=_sample_rate(fmt.get("sample_rate", 8000)),
         )
     if event == "stop":
         return StreamStop()
     if event == "dtmf":
-        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+        return Dtmf(dtmf_digit(_field(_field(frame, "dtmf", event), "digit", event), "telnyx"))
     if event == "connected":
         return Connected()
     if event == "error":
         payload = frame.get("payload")
         payload = payload if isinstance(payload, dict) else {}
         return Ignored(f"error {payload.get('code', '?')} {payload.get('title', '')}".strip())
-    return Ignored(event)
+    return Unknown(event)
 
 
 class TelnyxMediaCodec:

@@ -15,13 +15,15 @@ import json
 import time
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.forms import post_form
+from gateway.carriers.inbound import FLOOD_CLOSE_MESSAGE, InboundFrames, media_socket_response
 from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
-from gateway.errors import ProtocolError
+from gateway.frames import FrameAudit
 from gateway.services import carrier_format
 from gateway.tokens import Grant
 
@@ -29,8 +31,6 @@ log = structlog.get_logger("gateway.telnyx")
 
 MEDIA_PREFIX = "/telnyx/media/"
 START_TIMEOUT_S = 10.0
-MEDIA_IDLE_TIMEOUT_S = 15.0  # Telnyx streams RTP continuously, silence included
-MAX_FRAME_BYTES = 1024 * 1024
 
 
 async def _verified_body(request: web.Request) -> bytes:
@@ -96,7 +96,7 @@ async def texml_webhook(request: web.Request) -> web.Response:
     if request.method == "POST":
         await _verified_body(request)
         # Only the signed body counts: the query string of a POST is not covered by the signature.
-        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        params = {k: v for k, v in (await post_form(request)).items() if isinstance(v, str)}
     else:
         _check_texml_secret(request)
         params = {k: v for k, v in request.query.items() if k != "secret"}
@@ -122,7 +122,7 @@ async def call_control_webhook(request: web.Request) -> web.Response:
         data = envelope["data"]
         event_type, payload = str(data["event_type"]), data.get("payload") or {}
         call_id = str(payload.get("call_control_id", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: deep nesting
         request.app[keys.METRICS].webhook_rejections_total.labels("telnyx", "malformed").inc()
         raise web.HTTPBadRequest(text="not a Telnyx webhook envelope") from None
     calls = request.app[keys.CALLS]
@@ -209,12 +209,11 @@ async def _start_dialed_stream(request: web.Request, call_id: str, agent_name: s
             await telnyx.hangup(call_id)
 
 
-async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
+async def _read_start(frames: InboundFrames) -> StreamStart | None:
+    """The `start` frame (after `connected`); None when the socket ends first. Bad frames before it
+    are counted and skipped (InboundFrames); only START_TIMEOUT_S bounds the wait."""
     async with asyncio.timeout(START_TIMEOUT_S):
-        async for message in ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            event = decode_frame(message.data)
+        while (event := await frames.next_event()) is not None:
             if isinstance(event, StreamStart):
                 return event
     return None
@@ -237,17 +236,26 @@ async def _reject(
 async def media_socket(request: web.Request) -> web.WebSocketResponse:
     """Telnyx media streaming: redeem the URL's token, read `start`, hand the call to a CallBridge."""
     app = request.app
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
+    limits = keys.runtime(app).config.server.limits
+    ws = media_socket_response(limits)
     await ws.prepare(request)
     grant = app[keys.TOKENS].redeem(request.match_info.get("token", ""), "telnyx")
     if not isinstance(grant, Grant):
         return await _reject(ws, request, f"token_{grant}", f"stream token {grant}")
+    audit = FrameAudit(app[keys.METRICS], limits.bad_frame_log_interval_s)
+    frames = InboundFrames(ws, "telnyx", decode_frame, limits, audit)
     try:
-        start = await _read_start(ws)
-    except (TimeoutError, ProtocolError) as exc:
-        log.warning("media.no_start", carrier="telnyx", error=str(exc) or "timeout")
+        start = await _read_start(frames)
+    except TimeoutError:
+        log.warning("media.no_start", carrier="telnyx", error="timeout")
         return await _reject(ws, request, "no_start", "expected a start frame", grant.call_id)
+    finally:
+        audit.flush()
     if start is None:
+        if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
+            log.warning("media.no_start", carrier="telnyx", error=frames.ended_by)
+            message = FLOOD_CLOSE_MESSAGE if frames.ended_by == "flood" else "expected a start frame"
+            return await _reject(ws, request, "no_start", message, grant.call_id)
         return ws
     if start.call_id != grant.call_id:
         return await _reject(ws, request, "token_wrong_call", "stream token wrong_call")

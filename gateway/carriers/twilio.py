@@ -23,6 +23,9 @@ from gateway.carriers.base import (
     Media,
     StreamStart,
     StreamStop,
+    Unknown,
+    dtmf_digit,
+    load_frame,
 )
 from gateway.config import TwilioConfig
 from gateway.errors import ProtocolError
@@ -116,7 +119,7 @@ def _decode_start(frame: dict[str, Any]) -> StreamStart:
         raise ProtocolError("twilio start frame: customParameters is not an object")
     try:
         sample_rate_hz = int(fmt.get("sampleRate", 8000))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity is a float
         raise ProtocolError("twilio start frame: sampleRate is not a number") from None
     return StreamStart(
         call_id=call_id,
@@ -128,14 +131,16 @@ def _decode_start(frame: dict[str, Any]) -> StreamStart:
 
 
 def decode_frame(text: str) -> CarrierEvent:
-    """Decode one Media Streams frame from Twilio (§C.4)."""
+    """Decode one Media Streams frame from Twilio (§C.4); raises ProtocolError and nothing else."""
+    frame, event = load_frame(text, "twilio")
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise ProtocolError("twilio frame: not JSON") from None
-    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
-        raise ProtocolError("twilio frame: no event field")
-    event = frame["event"]
+        return _decode(frame, event)
+    except RecursionError:  # str() of a value nested nearly as deep as json.loads allows
+        raise ProtocolError("twilio frame: nested too deeply") from None
+
+
+def _decode(frame: dict[str, Any], event: str) -> CarrierEvent:
+    """Dispatch on the events of §C.4; any other name is Unknown."""
     if event == "media":
         media = _field(frame, "media", event)
         payload = _field(media, "payload", event)
@@ -151,10 +156,10 @@ def decode_frame(text: str) -> CarrierEvent:
     if event == "stop":
         return StreamStop()
     if event == "dtmf":
-        return Dtmf(str(_field(_field(frame, "dtmf", event), "digit", event)))
+        return Dtmf(dtmf_digit(_field(_field(frame, "dtmf", event), "digit", event), "twilio"))
     if event == "connected":
         return Connected()
-    return Ignored(event)
+    return Unknown(event)
 
 
 class TwilioMediaCodec:

@@ -6,15 +6,17 @@ import asyncio
 from typing import Any
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from gateway import keys
 from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
+from gateway.carriers.forms import post_form
+from gateway.carriers.inbound import FLOOD_CLOSE_MESSAGE, InboundFrames, media_socket_response
 from gateway.carriers.twilio import decode_frame, twiml_connect_stream, twiml_reject
 from gateway.config import GatewayConfig
-from gateway.errors import ProtocolError
+from gateway.frames import FrameAudit
 from gateway.services import carrier_format
 from gateway.tokens import Grant
 
@@ -23,8 +25,6 @@ log = structlog.get_logger("gateway.twilio")
 MEDIA_PATH = "/twilio/media"
 START_TIMEOUT_S = 10.0
 # Twilio streams 50 frames a second, silence included; this long without one means the socket is dead.
-MEDIA_IDLE_TIMEOUT_S = 15.0
-MAX_FRAME_BYTES = 1024 * 1024
 
 
 def _twiml(body: str) -> web.Response:
@@ -54,7 +54,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     app = request.app
     runtime, metrics, calls = keys.runtime(app), app[keys.METRICS], app[keys.CALLS]
     config, twilio = runtime.config, runtime.twilio
-    form = await request.post() if request.method == "POST" else MultiDict[str]()
+    form = await post_form(request) if request.method == "POST" else MultiDict[str]()
     params = _params(form)
     if twilio.config.verify_signatures:
         url = config.server.public_url + request.raw_path
@@ -96,12 +96,11 @@ def _upgrade_urls(request: web.Request, media_base_url: str) -> list[str]:
     return urls
 
 
-async def _read_start(ws: web.WebSocketResponse) -> StreamStart | None:
+async def _read_start(frames: InboundFrames) -> StreamStart | None:
+    """The `start` frame (after `connected`); None when the socket ends first. Bad frames before it
+    are counted and skipped (InboundFrames); only START_TIMEOUT_S bounds the wait."""
     async with asyncio.timeout(START_TIMEOUT_S):
-        async for message in ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            event = decode_frame(message.data)
+        while (event := await frames.next_event()) is not None:
             if isinstance(event, StreamStart):
                 return event
     return None
@@ -118,7 +117,8 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     runtime = keys.runtime(app)
     config, twilio = runtime.config, runtime.twilio
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, receive_timeout=MEDIA_IDLE_TIMEOUT_S)
+    limits = config.server.limits
+    ws = media_socket_response(limits)
     await ws.prepare(request)
     verify = twilio.config.verify_signatures
     if verify:
@@ -126,13 +126,21 @@ async def media_socket(request: web.Request) -> web.WebSocketResponse:
         if not twilio.verify(_upgrade_urls(request, config.server.media_base_url), {}, signature):
             await _reject(ws, request, "bad_signature", "invalid X-Twilio-Signature")
             return ws
+    audit = FrameAudit(app[keys.METRICS], limits.bad_frame_log_interval_s)
+    frames = InboundFrames(ws, "twilio", decode_frame, limits, audit)
     try:
-        start = await _read_start(ws)
-    except (TimeoutError, ProtocolError) as exc:
-        log.warning("media.no_start", carrier="twilio", error=str(exc) or "timeout")
+        start = await _read_start(frames)
+    except TimeoutError:
+        log.warning("media.no_start", carrier="twilio", error="timeout")
         await _reject(ws, request, "no_start", "expected a start frame")
         return ws
+    finally:
+        audit.flush()
     if start is None:
+        if frames.ended_by != "closed":  # flooded, or a frame the socket could not take
+            log.warning("media.no_start", carrier="twilio", error=frames.ended_by)
+            message = FLOOD_CLOSE_MESSAGE if frames.ended_by == "flood" else "expected a start frame"
+            await _reject(ws, request, "no_start", message)
         return ws
     agent_name = start.params.get("agent", "")
     if verify:

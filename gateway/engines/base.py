@@ -14,6 +14,14 @@ from typing import Literal, Protocol
 
 from gateway.audio import AudioFormat
 from gateway.config import AnyAgentConfig
+from gateway.errors import BadFrameReason
+
+# The size limit of a model socket's messages (aiohttp's max_msg_size; a larger one closes the socket
+# with 1009 before it is buffered). Neither OpenAI nor ElevenLabs documents a maximum, and the big
+# messages are legitimate: audio deltas (PCM16 at 24 kHz is 64 KB of base64 a second) and the
+# session echoes carrying the whole prompt and tool schemas. 16 MiB is over four minutes of 24 kHz
+# audio in one delta, far beyond anything observed, and still bounds what one call can make us hold.
+MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,17 @@ class Turn:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class BadFrame:
+    """A model frame the session could not use; the bridge counts it and the call goes on.
+
+    `detail` says what was wrong (a field, an event name), never the frame's content.
+    """
+
+    reason: BadFrameReason
+    detail: str = ""
+
+
 EngineEvent = (
     AudioDelta
     | AudioDone
@@ -122,6 +141,7 @@ EngineEvent = (
     | ResponseStarted
     | ResponseDone
     | EngineFailure
+    | BadFrame
 )
 
 

@@ -22,18 +22,18 @@ from yarl import URL
 from gateway.audio import ULAW_8K, AudioFormat
 from gateway.config import ElevenLabsAgentConfig, ElevenLabsConfig
 from gateway.engines.base import (
+    MODEL_MAX_MESSAGE_BYTES,
     AudioDelta,
     AudioDone,
+    BadFrame,
     EngineEvent,
-    EngineFailure,
     SpeechStarted,
-    SpeechStopped,
-    ToolCall,
-    Transcript,
     Turn,
 )
+from gateway.engines.elevenlabs_events import ConversationState, Ping, decode_message, map_server_event
 from gateway.engines.replay import context_text
 from gateway.errors import EngineError, ProtocolError
+from gateway.frames import socket_error_reason
 
 log = structlog.get_logger("gateway.elevenlabs")
 
@@ -96,9 +96,9 @@ class ElevenLabsSession:
         self.input_format = ULAW_8K
         self.output_format = ULAW_8K
         self.conversation_id = ""
-        self._early: deque[dict[str, Any]] = deque()  # events that arrived before the metadata
-        self._interrupted_upto = -1
-        self._turn = 0
+        # Events (and bad frames) that arrived before the metadata.
+        self._early: deque[dict[str, Any] | BadFrame] = deque()
+        self._state = ConversationState()
         self._audio_open = False
         self._flush_at = 0.0  # loop time at which an open turn without new audio is over
         self._chunk_prefix = '{"user_audio_chunk":"'
@@ -112,25 +112,24 @@ class ElevenLabsSession:
         with contextlib.suppress(ConnectionResetError):
             await self._ws.send_str(text)
 
-    async def _receive(self, wait_s: float | None) -> dict[str, Any] | None:
-        """The next JSON event; None when the socket is closed. Raises TimeoutError after `wait_s`."""
+    async def _receive(self, wait_s: float | None) -> dict[str, Any] | BadFrame | None:
+        """The next JSON event, or a BadFrame; None when the socket is closed. Raises TimeoutError
+        after `wait_s`."""
         while True:
             message = await self._ws.receive(timeout=wait_s)
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 return None
             if message.type == aiohttp.WSMsgType.ERROR:
-                log.warning("engine.socket_error", error=type(self._ws.exception()).__name__)
+                # The socket is closed after this; a message over the size limit is the peer's fault.
+                reason = socket_error_reason(message.data)
+                if reason is not None:
+                    return BadFrame(reason)
+                log.warning("engine.socket_error", error=type(message.data).__name__)
                 return None
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            try:
-                event = json.loads(message.data)
-            except ValueError:
-                log.warning("engine.bad_frame", error="not JSON")
-                continue
-            if isinstance(event, dict):
-                return event
-            log.warning("engine.bad_frame", error="not an object")
+            if message.type == aiohttp.WSMsgType.BINARY:
+                return BadFrame("binary")
+            if message.type == aiohttp.WSMsgType.TEXT:
+                return decode_message(message.data)
 
     async def start(self, context: str | None = None) -> None:
         await self._initiate(initiation_data(self._agent))
@@ -163,10 +162,12 @@ class ElevenLabsSession:
                             f"ElevenLabs closed the conversation before it started (code {code})",
                             code=None if code is None else str(code),
                         )
-                    if event.get("type") == "conversation_initiation_metadata":
+                    if isinstance(event, BadFrame):
+                        self._early.append(event)  # counted by the bridge once the call runs
+                    elif event.get("type") == "conversation_initiation_metadata":
                         break
-                    if event.get("type") == "ping":
-                        await self._pong(event)
+                    elif event.get("type") == "ping":
+                        await self._pong(_obj(event.get("ping_event")).get("event_id"))
                     else:
                         self._early.append(event)
         except TimeoutError:
@@ -177,8 +178,7 @@ class ElevenLabsSession:
         self.output_format = audio_format(str(metadata.get("agent_output_audio_format", "pcm_16000")))
         log.info("engine.conversation", conversation_id=self.conversation_id)
 
-    async def _pong(self, event: dict[str, Any]) -> None:
-        event_id = _obj(event.get("ping_event")).get("event_id")
+    async def _pong(self, event_id: object) -> None:
         await self._send({"type": "pong", "event_id": event_id})
 
     async def send_audio(self, audio_b64: str) -> None:
@@ -206,7 +206,7 @@ class ElevenLabsSession:
     async def events(self) -> AsyncIterator[EngineEvent]:
         while True:
             if self._early:
-                event: dict[str, Any] | None = self._early.popleft()
+                event: dict[str, Any] | BadFrame | None = self._early.popleft()
             else:
                 # The deadline runs from the last *audio*: pings and other events must not push it
                 # back. (Never 0: aiohttp reads a zero timeout as "no timeout".)
@@ -219,63 +219,36 @@ class ElevenLabsSession:
                     event, timed_out = None, True
                 if self._audio_open and loop.time() >= self._flush_at:
                     self._audio_open = False
-                    yield AudioDone("", self._item_id)
+                    yield AudioDone("", self._state.item_id)
                 if timed_out:
                     continue
             if event is None:
                 break
-            try:
-                mapped = await self._map(event)
-            except (ProtocolError, ValueError, TypeError) as exc:
-                log.warning("engine.bad_frame", error=str(exc)[:200])
+            if isinstance(event, BadFrame):
+                yield event
                 continue
-            for item in mapped:
+            for item in await self._map(event):
                 yield item
         log.info("engine.closed", close_code=self._ws.close_code)
 
-    @property
-    def _item_id(self) -> str:
-        return f"turn-{self._turn}"
-
     async def _map(self, event: dict[str, Any]) -> tuple[EngineEvent, ...]:
-        kind = event.get("type")
-        if kind == "audio":
-            audio = _obj(event.get("audio_event"))
-            payload = audio.get("audio_base_64")
-            if not isinstance(payload, str):
-                raise ProtocolError("audio: audio_base_64 is not a string")
-            event_id = audio.get("event_id")
-            if isinstance(event_id, int) and event_id <= self._interrupted_upto:
-                return ()  # spoken before the caller interrupted: never play it
-            self._audio_open = True
-            self._flush_at = asyncio.get_running_loop().time() + AUDIO_IDLE_FLUSH_S
-            return (AudioDelta("", self._item_id, payload),)
-        if kind == "interruption":
-            event_id = _obj(event.get("interruption_event")).get("event_id")
-            if isinstance(event_id, int):
-                self._interrupted_upto = max(self._interrupted_upto, event_id)
-            self._turn += 1
-            self._audio_open = False
-            return (SpeechStarted("", 0),)
-        if kind == "ping":
-            await self._pong(event)
-            return ()
-        if kind == "user_transcript":
-            # The caller's turn is complete: the latency clock starts.
-            text = _obj(event.get("user_transcription_event")).get("user_transcript") or ""
-            return SpeechStopped("", 0), Transcript("caller", str(text))
-        if kind == "agent_response":
-            text = _obj(event.get("agent_response_event")).get("agent_response") or ""
-            return (Transcript("agent", str(text)),)
-        if kind == "client_tool_call":
-            call = _obj(event.get("client_tool_call"))
-            params = call.get("parameters")
-            arguments = json.dumps(params if isinstance(params, dict) else {})
-            return (ToolCall(str(call.get("tool_call_id", "")), str(call.get("tool_name", "")), arguments),)
-        if kind == "client_error":
-            message = _obj(event.get("client_error")).get("message") or event.get("message") or "client_error"
-            return (EngineFailure("client_error", str(message), fatal=True),)
-        return ()
+        """Map one event, answering pings and keeping the end-of-turn clock; never raises."""
+        try:
+            mapped = map_server_event(event, self._state)
+        except ProtocolError as exc:
+            return (BadFrame(exc.reason, str(exc)),)
+        events: list[EngineEvent] = []
+        for item in mapped:
+            if isinstance(item, Ping):
+                await self._pong(item.event_id)
+                continue
+            if isinstance(item, AudioDelta):
+                self._audio_open = True
+                self._flush_at = asyncio.get_running_loop().time() + AUDIO_IDLE_FLUSH_S
+            elif isinstance(item, SpeechStarted):
+                self._audio_open = False
+            events.append(item)
+        return tuple(events)
 
     async def aclose(self) -> None:
         await self._ws.close()
@@ -324,7 +297,7 @@ class ElevenLabsEngine:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 ws = await self._http.ws_connect(
-                    url, heartbeat=HEARTBEAT_S, max_msg_size=16 * 1024 * 1024, compress=0
+                    url, heartbeat=HEARTBEAT_S, max_msg_size=MODEL_MAX_MESSAGE_BYTES, compress=0
                 )
         except aiohttp.WSServerHandshakeError as exc:
             raise EngineError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
@@ -20,8 +21,10 @@ from yarl import URL
 from gateway.audio import PCM_24K, AudioFormat
 from gateway.config import OpenAIAgentConfig, OpenAIConfig, SemanticVad
 from gateway.engines.base import (
+    MODEL_MAX_MESSAGE_BYTES,
     AudioDelta,
     AudioDone,
+    BadFrame,
     EngineEvent,
     EngineFailure,
     InputCommitted,
@@ -34,8 +37,10 @@ from gateway.engines.base import (
     TranscriptionDone,
     Turn,
 )
+from gateway.engines.openai_events import SERVER_EVENT_TYPES
 from gateway.engines.replay import openai_items
 from gateway.errors import EngineError, ProtocolError
+from gateway.frames import safe_name, socket_error_reason
 from gateway.tools import function_specs
 
 log = structlog.get_logger("gateway.openai")
@@ -150,12 +155,31 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _ms(value: object) -> int:
+    """An optional millisecond count: anything but a finite number (a string, null, NaN) reads as 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return 0
+
+
 def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
     """One server event in either dialect → the bridge's event, or None for events it does not use.
 
-    Raises ProtocolError for an event the bridge needs that lacks what it needs (an audio delta
-    without a string payload); optional fields that are missing or malformed read as empty.
+    Raises ProtocolError, and nothing else, for an event the bridge needs that lacks what it needs
+    (an audio delta without a string payload); optional fields that are missing or malformed read as
+    empty.
     """
+    try:
+        return _map_event(event)
+    except RecursionError:  # str() of a field nested nearly as deep as json.loads allows
+        kind = event.get("type")
+        name = safe_name(kind) if isinstance(kind, str) else "?"
+        raise ProtocolError(f"{name}: nested too deeply") from None
+
+
+def _map_event(event: dict[str, Any]) -> EngineEvent | None:
     kind = event.get("type")
     if kind in ("response.output_audio.delta", "response.audio.delta"):
         delta = event.get("delta")
@@ -165,9 +189,9 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
     if kind in ("response.output_audio.done", "response.audio.done"):
         return AudioDone(str(event.get("response_id", "")), str(event.get("item_id", "")))
     if kind == "input_audio_buffer.speech_started":
-        return SpeechStarted(str(event.get("item_id", "")), int(event.get("audio_start_ms") or 0))
+        return SpeechStarted(str(event.get("item_id", "")), _ms(event.get("audio_start_ms")))
     if kind == "input_audio_buffer.speech_stopped":
-        return SpeechStopped(str(event.get("item_id", "")), int(event.get("audio_end_ms") or 0))
+        return SpeechStopped(str(event.get("item_id", "")), _ms(event.get("audio_end_ms")))
     if kind == "input_audio_buffer.committed":
         return InputCommitted(str(event.get("item_id", "")))
     if kind == "conversation.item.input_audio_transcription.completed":
@@ -205,6 +229,24 @@ def map_server_event(event: dict[str, Any]) -> EngineEvent | None:
         fatal = code in FATAL_ERROR_CODES or error.get("event_id") == SESSION_UPDATE_EVENT_ID
         return EngineFailure(code, str(error.get("message", "")), fatal, code in RETRYABLE_ERROR_CODES)
     return None
+
+
+def parse_server_message(text: str) -> EngineEvent | None:
+    """One text message from the server: the bridge's event, a BadFrame, or None (a known event the
+    bridge does not use). Never raises, whatever the text."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter allows
+        return BadFrame("malformed_json", "not JSON")
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return BadFrame("malformed_json", "not an object with a type")
+    kind = raw["type"]
+    if kind not in SERVER_EVENT_TYPES:
+        return BadFrame("unknown_event", safe_name(kind))
+    try:
+        return map_server_event(raw)
+    except ProtocolError as exc:
+        return BadFrame(exc.reason, str(exc))
 
 
 class OpenAIRealtimeSession:
@@ -289,16 +331,18 @@ class OpenAIRealtimeSession:
 
     async def events(self) -> AsyncIterator[EngineEvent]:
         async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                if message.type == aiohttp.WSMsgType.ERROR:
-                    log.warning("engine.socket_error", error=type(self._ws.exception()).__name__)
-                continue
-            try:
-                raw = json.loads(message.data)
-                event = map_server_event(raw) if isinstance(raw, dict) else None
-            except (ValueError, TypeError, ProtocolError) as exc:
-                log.warning("engine.bad_frame", error=str(exc)[:200])
-                continue
+            event: EngineEvent | None = None
+            if message.type == aiohttp.WSMsgType.TEXT:
+                event = parse_server_message(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                event = BadFrame("binary")
+            elif message.type == aiohttp.WSMsgType.ERROR:
+                # The socket is closed after this; a message over the size limit is the peer's fault.
+                reason = socket_error_reason(message.data)
+                if reason is not None:
+                    event = BadFrame(reason)
+                else:
+                    log.warning("engine.socket_error", error=type(message.data).__name__)
             if isinstance(event, ResponseStarted):
                 self._response_active = True
             elif isinstance(event, ResponseDone):
@@ -330,7 +374,7 @@ class OpenAIRealtimeEngine:
                     url,
                     headers=headers,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                    max_msg_size=16 * 1024 * 1024,
+                    max_msg_size=MODEL_MAX_MESSAGE_BYTES,
                     heartbeat=HEARTBEAT_S,
                     compress=0,
                 )

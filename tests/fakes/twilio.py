@@ -242,13 +242,17 @@ class FakeTwilio:
         signature: str | None = None,
         auto_play: bool = True,
         send_start: bool = True,
+        autoping: bool = True,
     ) -> FakeTwilioCall:
-        """Open the media socket as Twilio does (signed upgrade), then send `connected` and `start`."""
+        """Open the media socket as Twilio does (signed upgrade), then send `connected` and `start`.
+
+        `autoping=False` leaves the gateway's WebSocket pings unanswered (a dead peer)."""
         path = urlsplit(stream_url).path
         signed = self.validator.compute_signature(stream_url, {})
         ws = await self.http.ws_connect(
             self.gateway_url.replace("http", "ws", 1) + path,
             headers={"X-Twilio-Signature": signature or signed},
+            autoping=autoping,
         )
         call_sid = call_sid or f"CA{next(_sids):032x}"
         call = FakeTwilioCall(ws, call_sid, f"MZ{next(_sids):032x}", auto_play=auto_play)
