@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audiosignals import speech_like, ulaw_encode
 from benchproc import LoopLagMonitor, install_fast_loop, process_cpu_seconds
+from loadstats import TOL_MS
 
 TICK_S = 0.002
 GROUPS = 10  # TICK_S * GROUPS = 20 ms, Twilio's frame period
 FRAME_MS = 20
 ACCOUNT_SID = "AC" + "b" * 32
-TOL_MS = {"pcm24k": 10.0, "g711": 0.0}  # what a resampler may hold back (look-ahead) at any moment
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import shutil
 import socket
@@ -42,19 +41,18 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchproc import cpu_seconds, parse_cpus, pinned, rss_mib
-from loadstats import directions, slope_per_min
+from loadreport import build_result, print_summary
+from loadstats import TOL_MS
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 AUTH_TOKEN = "bench-auth-token"  # noqa: S105 - a fake carrier's token on loopback
-TOL_MS = {"pcm24k": 10.0, "g711": 0.0}
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -93,21 +91,6 @@ def gateway_config(port: int, model_port: int, audio: str, calls: int, quality: 
             }
         },
         "default_agent": "bench",
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
     }
 
 
@@ -282,7 +265,10 @@ class LoadRun:
         carrier.wait(timeout=30)
         if profiler is not None:
             profiler.wait(timeout=60)
-        return self.report(
+        return build_result(
+            args,
+            self.tmp,
+            self.fake_cpus,
             wall_s=t1 - t0,
             cpu={name: (cpu1[name] - cpu0[name]) / (t1 - t0) * 100 for name in cpu0},
             rss=(rss_before, rss_held, samples),
@@ -317,54 +303,6 @@ class LoadRun:
     def ramp_timeout_s(self) -> float:
         return max(60.0, 3 * self.args.calls / self.args.ramp_rate)
 
-    def report(
-        self, *, wall_s: float, cpu: dict[str, float], rss: tuple[float, float, list[Any]]
-    ) -> dict[str, Any]:
-        args = self.args
-        carrier_info = json.loads((self.tmp / "carrier.json").read_text())
-        model_info = json.loads((self.tmp / "model.json").read_text())
-        with np.load(self.tmp / "carrier.npz") as carrier, np.load(self.tmp / "model.npz") as model:
-            flows = directions(
-                carrier, model, TOL_MS[args.audio], (carrier_info["hold_start"], carrier_info["hold_end"])
-            )
-        rss_before, rss_held, samples = rss
-        held = carrier_info["calls_held"]
-        second_half = [s for s in samples if s[0] >= wall_s / 2]
-        return {
-            "audio": args.audio,
-            "resample_quality": args.quality,
-            "calls_requested": args.calls,
-            "calls_held": held,
-            "calls_failed": carrier_info["failures_total"],
-            "failures": carrier_info["failures"],
-            "hold_seconds": round(wall_s, 3),
-            "gateway_cpu_pinned": args.cpu,
-            **flows,
-            "gateway": {
-                "cpu_percent": round(cpu["gateway"], 1),
-                "rss_mib_before": round(rss_before, 2),
-                "rss_mib_held": round(rss_held, 2),
-                "rss_mib_per_call": round((rss_held - rss_before) / held, 4) if held else None,
-                "rss_slope_mib_per_min": slope_per_min(samples),
-                "rss_slope_second_half_mib_per_min": slope_per_min(second_half),
-                "rss_samples": [[round(t, 1), round(v, 2)] for t, v in samples],
-                "log": log_summary(self.tmp / "gateway.log"),
-            },
-            "fakes": {
-                "carrier": {
-                    "cpu_percent": round(cpu["carrier"], 1),
-                    "loop_lag_ms": carrier_info["loop_lag_ms"],
-                },
-                "model": {"cpu_percent": round(cpu["model"], 1), "loop_lag_ms": model_info["loop_lag_ms"]},
-                "pinned_to": self.fake_cpus,
-                "drained": carrier_info["drained"],
-                "marks_echoed": carrier_info["marks_echoed"],
-                "clears": carrier_info["clears"],
-                "twilio_rest_calls": model_info["hangups_rest"],
-            },
-            "machine": machine(),
-        }
-
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -381,59 +319,6 @@ class LoadRun:
             print(f"logs kept in {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def log_summary(path: Path) -> dict[str, Any]:
-    """Counts of warning/error lines and of call end reasons in the gateway's JSON log."""
-    levels: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    events: dict[str, int] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            levels["unparsed"] = levels.get("unparsed", 0) + 1
-            continue
-        level = entry.get("level", "?")
-        if level in ("warning", "error", "critical"):
-            levels[level] = levels.get(level, 0) + 1
-            events[entry.get("event", "?")] = events.get(entry.get("event", "?"), 0) + 1
-        if entry.get("event") == "call.ended":
-            reasons[entry.get("reason", "?")] = reasons.get(entry.get("reason", "?"), 0) + 1
-    return {"problems": levels, "problem_events": events, "call_end_reasons": reasons}
-
-
-def print_summary(result: dict[str, Any], out: Path) -> None:
-    gw = result["gateway"]
-    print(
-        f"{result['audio']}: {result['calls_held']}/{result['calls_requested']} calls held for "
-        f"{result['hold_seconds']:.1f} s ({result['machine']['cpu']}, {result['machine']['cores']} cores, "
-        f"gateway cpu {result['gateway_cpu_pinned'] or 'not pinned'})"
-    )
-    print(
-        f"{'direction':<16} {'sent':>9} {'lost':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
-    )
-    for name in ("caller_to_model", "model_to_caller"):
-        flow = result[name]
-        d = flow["delay_ms"]
-        cells = " ".join(
-            f"{v:>8.2f}" if v is not None else f"{'-':>8}" for v in (d["p50"], d["p95"], d["p99"], d["max"])
-        )
-        print(f"{name:<16} {flow['frames_sent']:>9} {flow['frames_lost']:>6} {cells}")
-    print(
-        f"gateway: cpu {gw['cpu_percent']:.1f} %, "
-        f"rss {gw['rss_mib_before']:.1f} -> {gw['rss_mib_held']:.1f} MiB "
-        f"({gw['rss_mib_per_call']} MiB/call), slope {gw['rss_slope_mib_per_min']} MiB/min"
-    )
-    fakes = result["fakes"]
-    print(
-        f"fakes: carrier cpu {fakes['carrier']['cpu_percent']:.1f} % (loop lag p99 "
-        f"{fakes['carrier']['loop_lag_ms']['p99']} ms), model cpu {fakes['model']['cpu_percent']:.1f} % "
-        f"(loop lag p99 {fakes['model']['loop_lag_ms']['p99']} ms)"
-    )
-    if gw["log"]["problems"]:
-        print(f"gateway log problems: {gw['log']['problem_events']}")
-    print(f"result: {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,14 @@ losses at the end of the call.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 FRAME_MS = 20.0
+TOL_MS = {"pcm24k": 10.0, "g711": 0.0}  # per audio mode; see above
 Floats = npt.NDArray[np.float64]
 
 
@@ -53,49 +55,50 @@ def directions(
     carrier: Any, model: Any, tol_ms: float, window: tuple[float, float]
 ) -> dict[str, dict[str, Any]]:
     """Both directions' counts and delay percentiles; delays only for audio sent inside `window`."""
-    up_all: list[Floats] = []
-    down_all: list[Floats] = []
-    up_sent = up_lost = down_sent = down_lost = 0
-    start, end = window
+    flows = {"caller_to_model": _Flow(), "model_to_caller": _Flow()}
     for index, conn in zip(carrier["index"], carrier["conn"], strict=True):
         send_t = carrier[f"send_t_{index}"]
-        up = match(
-            send_t,
-            FRAME_MS * np.arange(1, send_t.size + 1),
-            model[f"up_t_{conn}"],
-            model[f"up_ms_{conn}"],
-            tol_ms,
-        )
+        up_ms = FRAME_MS * np.arange(1, send_t.size + 1)
+        up = match(send_t, up_ms, model[f"up_t_{conn}"], model[f"up_ms_{conn}"], tol_ms)
+        flows["caller_to_model"].add(send_t, up, window)
         down_t = model[f"down_t_{conn}"]
-        down = match(
-            down_t, model[f"down_ms_{conn}"], carrier[f"recv_t_{index}"], carrier[f"recv_ms_{index}"], tol_ms
-        )
-        up_sent += up.size
-        up_lost += int(np.isnan(up).sum())
-        down_sent += down.size
-        down_lost += int(np.isnan(down).sum())
-        in_window = (send_t >= start) & (send_t < end)
-        up_all.append(up[in_window & ~np.isnan(up)])
-        in_window = (down_t >= start) & (down_t < end)
-        down_all.append(down[in_window & ~np.isnan(down)])
-    up_d = np.concatenate(up_all) if up_all else np.empty(0)
-    down_d = np.concatenate(down_all) if down_all else np.empty(0)
-    return {
-        "caller_to_model": {
-            "frames_sent": up_sent,
-            "frames_received": up_sent - up_lost,
-            "frames_lost": up_lost,
-            "frames_timed": int(up_d.size),
-            "delay_ms": percentiles_ms(up_d),
-        },
-        "model_to_caller": {
-            "frames_sent": down_sent,
-            "frames_received": down_sent - down_lost,
-            "frames_lost": down_lost,
-            "frames_timed": int(down_d.size),
-            "delay_ms": percentiles_ms(down_d),
-        },
-    }
+        recv_t, recv_ms = carrier[f"recv_t_{index}"], carrier[f"recv_ms_{index}"]
+        down = match(down_t, model[f"down_ms_{conn}"], recv_t, recv_ms, tol_ms)
+        flows["model_to_caller"].add(down_t, down, window)
+    return {name: flow.summary(window) for name, flow in flows.items()}
+
+
+class _Flow:
+    """One direction's tallies over every call."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.lost = 0
+        self.times: list[Floats] = []
+        self.delays: list[Floats] = []
+
+    def add(self, sent_t: Floats, delays: Floats, window: tuple[float, float]) -> None:
+        self.sent += delays.size
+        self.lost += int(np.isnan(delays).sum())
+        keep = (sent_t >= window[0]) & (sent_t < window[1]) & ~np.isnan(delays)
+        self.times.append(sent_t[keep])
+        self.delays.append(delays[keep])
+
+    def summary(self, window: tuple[float, float]) -> dict[str, Any]:
+        times = np.concatenate(self.times) if self.times else np.empty(0)
+        delays = np.concatenate(self.delays) if self.delays else np.empty(0)
+        # A gateway that slowly falls behind shows as p99 rising from one third of the hold to the next.
+        edges = np.linspace(window[0], window[1], 4)
+        in_third = [(times >= lo) & (times < hi) for lo, hi in itertools.pairwise(edges)]
+        thirds = [percentiles_ms(delays[mask])["p99"] for mask in in_third]
+        return {
+            "frames_sent": self.sent,
+            "frames_received": self.sent - self.lost,
+            "frames_lost": self.lost,
+            "frames_timed": int(delays.size),
+            "delay_ms": percentiles_ms(delays),
+            "p99_ms_by_third": thirds,
+        }
 
 
 def slope_per_min(samples: list[tuple[float, float]]) -> float | None:

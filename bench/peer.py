@@ -333,9 +333,16 @@ def main() -> None:
                 "quality": quality(outputs, by_name),
             }
     peer_name, ours = PEER.replace("==", " "), "ours (high)"
+
+    def both(name: str) -> float:
+        cpu = result[name]["cpu_us_per_audio_s"]
+        return float(cpu["caller_to_model"] + cpu["model_to_caller"])
+
+    for name in impls:
+        result[name]["cpu_us_per_audio_s"]["both"] = round(both(name), 1)
     result["ratio_peer_over_ours_high"] = {
         d: round(result[peer_name]["cpu_us_per_audio_s"][d] / result[ours]["cpu_us_per_audio_s"][d], 1)
-        for d in ("caller_to_model", "model_to_caller")
+        for d in ("caller_to_model", "model_to_caller", "both")
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -349,12 +356,16 @@ def print_table(result: dict[str, Any], names: list[str]) -> None:
         f"CPU per second of audio (best of {result['repeats']}), {seconds} s per direction, "
         f"Python {result['python']}"
     )
-    print(f"{'':<18} {'caller->model':>14} {'model->caller':>14}")
+    print(f"{'':<18} {'caller->model':>14} {'model->caller':>14} {'both':>14}")
     for name in names:
         cpu = result[name]["cpu_us_per_audio_s"]
-        print(f"{name:<18} {cpu['caller_to_model']:>11.0f} us {cpu['model_to_caller']:>11.0f} us")
+        print(
+            f"{name:<18} "
+            + " ".join(f"{cpu[d]:>11.0f} us" for d in ("caller_to_model", "model_to_caller", "both"))
+        )
     ratio = result["ratio_peer_over_ours_high"]
-    print(f"{'ratio peer/ours':<18} {ratio['caller_to_model']:>13.1f}x {ratio['model_to_caller']:>13.1f}x")
+    cells = " ".join(f"{ratio[d]:>13.1f}x" for d in ("caller_to_model", "model_to_caller", "both"))
+    print(f"{'peer/ours (high)':<18} {cells}")
     print()
     print("quality (target: ripple <= 1 dB to 3.4 kHz, images/aliases <= -70 dB, 0 clipped, no drift)")
     header = (
