@@ -12,7 +12,7 @@ import structlog
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
-from gateway.log import configure_logging
+from gateway.log import configure_logging, mask_numbers
 
 DEFAULT_CONFIG_PATH = "/config/agents.yaml"
 EXIT_CONFIG_ERROR = 2
@@ -34,10 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(path: str, error: ConfigError) -> None:
+def _report(path: str, error: ConfigError, *, for_log: bool = False) -> None:
+    """Every problem on stderr. `check` is the operator's own command and shows the file's content
+    whole; `run` writes to the gateway's log stream (a container's stderr), which never carries a
+    phone number, so its route keys and digit runs are cut (gateway.log.mask_numbers)."""
     print(f"{path}: {len(error.problems)} problem(s)", file=sys.stderr)
     for problem in error.problems:
-        print(f"  {problem}", file=sys.stderr)
+        print(f"  {mask_numbers(problem) if for_log else problem}", file=sys.stderr)
 
 
 def _summary(config: GatewayConfig) -> str:
@@ -65,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(path)
     except ConfigError as error:
-        _report(path, error)
+        _report(path, error, for_log=True)
         return EXIT_CONFIG_ERROR
     # Imported here so that `gateway check` needs none of the server's dependencies.
     from gateway.app import create_app  # noqa: PLC0415

@@ -140,6 +140,10 @@ class CallBridge:
             finally:
                 try:
                     await features.aclose_tasks()
+                    if features.transferred and reason not in NO_HANGUP:
+                        # The call ended (shutdown, max_call_duration_s) while the carrier took a
+                        # transfer: the caller is on the new line, no announcement or hang-up.
+                        reason = "transferred"
                     await self._end_engine_side(reason)
                 finally:
                     # Bookkeeping is synchronous and comes first: a second cancellation during the
@@ -291,6 +295,9 @@ class CallBridge:
 
     async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
         await self._keeper.send_tool_result(call_id, output, is_error)
+
+    def drop_tool_call(self, call_id: str) -> None:
+        self._keeper.drop_tool_call(call_id)
 
     # -- caller → model ---------------------------------------------------------------------------
 

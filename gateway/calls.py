@@ -1,7 +1,8 @@
 """The registry of calls: admission against `max_concurrent_calls`, draining, cancelling at shutdown.
 
 A call counts against the limit from the moment its webhook is answered (a short-lived reservation)
-until its bridge ends, so a burst of webhooks cannot over-admit calls that have not streamed yet.
+until its bridge ends, so a burst of webhooks cannot over-admit calls that have not streamed yet. A
+drain waits for reserved calls as for live ones: the carrier connects their media a moment later.
 """
 
 from __future__ import annotations
@@ -46,12 +47,19 @@ class CallRegistry:
         self._reserved: dict[str, float] = {}
         self._empty = asyncio.Event()
         self._empty.set()
+        self._changed = asyncio.Event()  # a call was added, removed or released (wait_idle)
 
     def __len__(self) -> int:
         return len(self._live)
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._live
+
+    @property
+    def reserved(self) -> int:
+        """Calls answered whose media has not started yet (unexpired reservations)."""
+        self._load()
+        return len(self._reserved)
 
     def live(self) -> list[LiveCall]:
         return list(self._live.values())
@@ -70,11 +78,15 @@ class CallRegistry:
     def full(self) -> bool:
         return self._load() >= self.max_concurrent_calls
 
-    def reserve(self, call_id: str) -> bool:
-        """Hold a place for a call whose webhook is being answered; False when the gateway is full."""
-        if call_id in self._reserved or call_id in self._live:
+    def reserve(self, call_id: str, *, new_calls: bool = True) -> bool:
+        """Hold a place for a call whose webhook is being answered; False when the gateway is full.
+
+        With `new_calls` False (the gateway is draining) only a call already held keeps its place:
+        a retried webhook, or a call this gateway dialed that is now answered.
+        """
+        if self.holds(call_id):
             return True  # a retried webhook for a call we already hold
-        if self.full:
+        if not new_calls or self.full:
             return False
         self._reserved[call_id] = self._clock() + self._ttl_s
         return True
@@ -86,7 +98,8 @@ class CallRegistry:
 
     def release(self, call_id: str) -> None:
         """Give back the place of a reserved call that will not stream (rejected, hung up early)."""
-        self._reserved.pop(call_id, None)
+        if self._reserved.pop(call_id, None) is not None:
+            self._changed.set()
 
     def add(self, call_id: str, call: LiveCall) -> Admission:
         """Admit a call whose media has started (consuming its reservation, if any)."""
@@ -100,11 +113,26 @@ class CallRegistry:
 
     def remove(self, call_id: str) -> None:
         self._live.pop(call_id, None)
+        self._changed.set()
         if not self._live:
             self._empty.set()
 
     async def wait_empty(self) -> None:
+        """Until no call is live (reservations aside)."""
         await self._empty.wait()
+
+    async def wait_idle(self) -> None:
+        """Until no call is live or reserved. A reservation ends when its media starts (the call is
+        then live), when it is released, or when its TTL passes: a carrier that never connects the
+        media holds the drain up for RESERVATION_TTL_S at most."""
+        while self._live or self.reserved:
+            self._changed.clear()
+            expiry_s = min(self._reserved.values(), default=None)
+            try:
+                async with asyncio.timeout(None if expiry_s is None else expiry_s - self._clock()):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass  # the next reservation expired: look again
 
     async def shut_down_all(self) -> None:
         """Ask every live call to end with a goodbye; `wait_empty` tells when they have."""

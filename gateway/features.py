@@ -31,6 +31,9 @@ DTMF_GAP_S = 1.2  # digits closer together than this are one entry ("1 2 3 #")
 SPOKEN_TIMEOUT_S = 10.0  # how long a goodbye may take to be said and heard before the call ends
 HOLD_CHUNK_MS = 200
 SUMMARY_TURNS = 12
+# How long a call's teardown waits for a transfer request already sent (the carriers' own request
+# timeout is 10 s): the carrier may have accepted it, and a hang-up would undo it.
+TRANSFER_SETTLE_S = 10.0
 IDLE_GOODBYE = "The caller has been silent for a long time. Say a short, polite goodbye; the call is ending."
 
 
@@ -52,6 +55,9 @@ class Host(Protocol):
 
     async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
         """Answer a ToolCall (as text, if the session that made it was replaced since)."""
+
+    def drop_tool_call(self, call_id: str) -> None:
+        """A ToolCall that gets no result: a hand-off answers it by changing the agent."""
 
 
 class CallFeatures:
@@ -79,6 +85,8 @@ class CallFeatures:
         self._last_caller_activity = time.monotonic()
         self._idle_prompts_used = 0
         self._ending = False
+        self._transfer_request: asyncio.Task[bool] | None = None
+        self.transferred = False  # the carrier took a transfer: the caller is not ours to hang up
         self.set_agent(agent_name, agent)
 
     def set_agent(self, agent_name: str, agent: AnyAgentConfig) -> None:
@@ -101,6 +109,17 @@ class CallFeatures:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        request = self._transfer_request
+        if request is not None:
+            # Not cancelled with the rest: let a transfer the carrier may have accepted finish, so
+            # that the teardown (a shutdown, max_call_duration_s) does not hang up over it.
+            if not request.done():
+                log.info("call.transfer_settling", timeout_s=TRANSFER_SETTLE_S)
+                await asyncio.wait({request}, timeout=TRANSFER_SETTLE_S)
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+            if not request.cancelled() and request.exception() is None and request.result():
+                self.transferred = True
 
     def close_transcript(self) -> None:
         if self.transcript is not None:
@@ -196,7 +215,10 @@ class CallFeatures:
         self.record("tool.result", name=call.name, output=outcome.output, is_error=outcome.is_error)
         action = outcome.action
         if isinstance(action, Handoff):
-            await self._handoff(action.agent)
+            try:
+                await self._handoff(action.agent)
+            finally:
+                self._host.drop_tool_call(call.call_id)
             return
         await self._host.send_tool_result(call.call_id, outcome.output, outcome.is_error)
         if isinstance(action, EndCall):
@@ -231,7 +253,12 @@ class CallFeatures:
         await self.wait_spoken()  # let "transferring you now" be heard
         log.info("call.transfer", destination=transfer.name)  # the name, never the number
         self.record("transfer", destination_name=transfer.name)
-        if await self._host.carrier.transfer(self._host.call_id, transfer.destination):
+        request = self._transfer_request = asyncio.create_task(
+            self._host.carrier.transfer(self._host.call_id, transfer.destination),
+            name=f"call:{self._host.call_id}:transfer",
+        )
+        if await asyncio.shield(request):  # a teardown now waits for it (aclose_tasks)
+            self.transferred = True
             await self._host.end("transferred")
         else:
             await self._host.session.say(

@@ -7,12 +7,33 @@ is bound with contextvars once per call, so every line a call's tasks write carr
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Literal
 
 import structlog
 
 LogFormat = Literal["json", "console"]
+
+# What may be a phone number in a config problem: six or more digits, maybe after a `+`, maybe grouped
+# by spaces, dashes, dots or brackets ("+1 (555) 555-0100"), however YAML typed it (an unquoted key
+# is an int, without its `+`).
+_DIGIT_RUN = re.compile(r"\+?\(?\d(?:[ \-.()]{0,2}\d){5,}")
+# A problem's YAML path under `routes` names a route key: a number, or whatever was written there.
+_ROUTE_KEY = re.compile(r"^routes\.(.+?)(?=: |$)")
+
+
+def _cut(text: str) -> str:
+    digits = re.sub(r"\D", "", text)
+    return ("+" if text.startswith("+") else "") + "***" + (digits[-4:] if len(digits) >= 4 else "")
+
+
+def mask_numbers(problem: str) -> str:
+    """A config problem fit for a log line, which never carries a phone number: the route key of a
+    `routes.` path and every run of six or more digits are cut to their last four digits, enough for
+    the operator to tell which entry (`gateway check` on the file shows it whole)."""
+    problem = _ROUTE_KEY.sub(lambda match: "routes." + _cut(match.group(1)), problem, count=1)
+    return _DIGIT_RUN.sub(lambda match: _cut(match.group(0)), problem)
 
 
 def default_format() -> LogFormat:

@@ -7,7 +7,8 @@ reason a new socket can cure (`retry_cause`) or the server said the session expi
 Reconnecting opens a new session for the same agent with bounded, jittered backoff, configures it
 like the first (`resume`), gives it the conversation so far from the `ConversationLog`, and swaps it
 in; caller audio during the gap goes to a `GapSession` and is dropped, never queued (the model would
-answer stale speech).
+answer stale speech). A replacement that drops again before it has proved itself (reconnect_policy.
+PROVEN_AFTER_S) continues the same outage, with the attempts and budget it has left.
 Failing that, the call ends as `engine_error`: the carrier apologises and hangs up.
 
 Rollover is the planned variant: shortly before an OpenAI session's maximum length, the next session
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
@@ -31,8 +31,10 @@ from gateway.conversation import ConversationLog
 from gateway.engines.base import (
     AudioDelta,
     AudioDone,
+    BadFrame,
     EngineEvent,
     EngineFactory,
+    EngineFailure,
     EngineSession,
     InputCommitted,
     ResponseDone,
@@ -47,40 +49,20 @@ from gateway.engines.base import (
 from gateway.engines.replay import RESUME_INSTRUCTIONS
 from gateway.errors import EngineError
 from gateway.metrics import GatewayMetrics
+from gateway.reconnect_policy import (
+    PROVEN_AFTER_S,
+    Recovery,
+    backoff_delay,
+    late_result_text,
+    retry_cause,
+)
 from gateway.services import EndReason
 from gateway.session_gap import GapSession
 
 log = structlog.get_logger("gateway.reconnect")
 
-# Close codes after which a new socket may well work: the server went away or restarts (1001, 1012;
-# OpenAI closes 1001 "Your session hit the maximum duration of 60 minutes.", reported in
-# pollen-robotics/reachy_mini_conversation_app#134), failed internally (1011), asks us to come back
-# (1013), a proxy in between failed (1014), or the connection died without a close frame (1006, also
-# what aiohttp reports for a missed heartbeat). Not retried: 1000 (the server ended the conversation
-# on purpose), 1002-1010 (we sent something it refuses; a new socket would get the same) and
-# application codes (4000: OpenAI's retired beta protocol).
-RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 DEAD_CLOSE_TIMEOUT_S = 1.0
 Result = Literal["ok", "failed", "rollover", "rollover_failed"]
-
-
-def retry_cause(close_code: int | None) -> str | None:
-    """Why reconnecting could help after a socket closed with `close_code`; None if it could not."""
-    if close_code is None:
-        return "connection_lost"
-    return f"close_{close_code}" if close_code in RETRYABLE_CLOSE_CODES else None
-
-
-def backoff_delay(attempt: int, config: ReconnectConfig, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before reconnect `attempt` (1-based), jittered so calls dropped together by one
-    outage do not all come back in the same instant."""
-    base = config.backoff_s[min(attempt, len(config.backoff_s)) - 1]
-    return base * (1 + config.jitter * (2 * rand() - 1))
-
-
-def late_result_text(name: str, output: str) -> str:
-    """A tool result whose call the current session never saw (it was made before a reconnect)."""
-    return f"[Result of the {name} tool you called just before the line dropped: {output}]"
 
 
 class KeeperHost(Protocol):
@@ -109,9 +91,10 @@ class SessionKeeper:
         self.replayed_turns = 0  # of the last replacement
         self._agent: AnyAgentConfig | None = None
         self._born = 0.0  # loop time the current session started
-        self._lock = asyncio.Lock()  # one replacement at a time
-        self._settled = asyncio.Event()  # no reconnect under way
-        self._settled.set()
+        # One replacement at a time; tool results wait for it too, so that a result goes to the
+        # session that comes out of a reconnect or a rollover, never to the one it replaces.
+        self._lock = asyncio.Lock()
+        self._recovery: Recovery | None = None  # the outage under way (or not yet over)
         self._activity = asyncio.Event()  # set on every observed event (rollover waits for quiet)
         self._calls: dict[str, tuple[EngineSession, str, str]] = {}  # call_id -> (session, name, args)
         self._agent_speaking = False
@@ -132,6 +115,9 @@ class SessionKeeper:
 
     def observe(self, session: EngineSession, event: EngineEvent) -> None:
         """Every event the bridge reads from `session`, before it acts on it."""
+        recovery = self._recovery
+        if recovery is not None and recovery.installed and not isinstance(event, BadFrame | EngineFailure):
+            self._recovered()  # the replacement works: the model answers or hears the caller
         if isinstance(event, ResponseStarted | AudioDelta):
             self._agent_speaking, self._answer_owed = True, False
         elif isinstance(event, ResponseDone | AudioDone):
@@ -154,7 +140,15 @@ class SessionKeeper:
             self._calls[event.call_id] = (session, event.name, event.arguments)
         self._activity.set()
 
+    def drop_tool_call(self, call_id: str) -> None:
+        """Forget a ToolCall that gets no result (a hand-off answers it by changing the agent): a
+        rollover must not wait for it."""
+        if self._calls.pop(call_id, None) is not None:
+            self._activity.set()
+
     async def aclose(self) -> None:
+        if self._recovery is not None and self._recovery.installed:
+            self._recovered()  # the replacement carried the call until it ended
         if self._rollover is not None:
             self._rollover.cancel()
             await asyncio.gather(self._rollover, return_exceptions=True)
@@ -194,41 +188,53 @@ class SessionKeeper:
         async with self._lock:
             if self._host.session is not dead:
                 return True  # replaced while we waited for the lock
-            gap = GapSession(dead)
-            self._host.session = gap
-            self._settled.clear()
             loop = asyncio.get_running_loop()
             dropped_at = loop.time()
+            recovery = self._recovery
+            if recovery is not None and recovery.installed and dropped_at - self._born >= PROVEN_AFTER_S:
+                self._recovered()  # it carried the call long enough: this is a new outage
+                recovery = None
+            if recovery is None:
+                recovery = self._recovery = Recovery()
+            recovery.installed = False
+            gap = GapSession(dead)
+            self._host.session = gap
             try:
                 # An expired session's socket may still be open; a peer that never answers the close
                 # must not hold the reconnect up (aiohttp drops the connection when cancelled).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DEAD_CLOSE_TIMEOUT_S):
                         await dead.aclose()
-                session = await self._reconnect(gap, cause)
-                if session is None:
-                    return self._host.session is not gap and self._host.end_reason is None
-                log.info(
-                    "engine.reconnected",
-                    gap_s=round(loop.time() - dropped_at, 3),
-                    dropped_audio_ms=gap.dropped_audio_ms,
-                    replayed_turns=self.replayed_turns,
-                )
-                for text in gap.texts:
-                    await session.send_user_text(text)
-                return True
+                session = await self._reconnect(gap, cause, recovery)
             finally:
-                self._settled.set()
+                recovery.spent_s += loop.time() - dropped_at
+            if session is None:
+                if self._host.session is not gap:
+                    self._recovery = None  # a hand-off replaced the gap: its session is a fresh start
+                return self._host.session is not gap and self._host.end_reason is None
+            log.info(
+                "engine.reconnected",
+                gap_s=round(loop.time() - dropped_at, 3),
+                dropped_audio_ms=gap.dropped_audio_ms,
+                replayed_turns=self.replayed_turns,
+            )
+            for text in gap.texts:
+                await session.send_user_text(text)
+            return True
 
-    async def _reconnect(self, gap: GapSession, cause: str) -> EngineSession | None:
-        """Attempts, each after its backoff; the new session, installed, or None."""
+    async def _reconnect(self, gap: GapSession, cause: str, recovery: Recovery) -> EngineSession | None:
+        """Attempts, each after its backoff, within what is left of the outage's attempts and budget;
+        the new session, installed, or None."""
         agent = self._agent
         assert agent is not None
-        attempt = 0
+        budget_s = self._config.budget_s - recovery.spent_s
         try:
-            async with asyncio.timeout(self._config.budget_s):
-                while attempt < self._config.attempts:
-                    attempt += 1
+            if budget_s <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(budget_s):
+                while recovery.attempts < self._config.attempts:
+                    recovery.attempts += 1
+                    attempt = recovery.attempts
                     delay_s = backoff_delay(attempt, self._config)
                     log.warning(
                         "engine.reconnecting", attempt=attempt, delay_s=round(delay_s, 3), reason=cause
@@ -236,23 +242,27 @@ class SessionKeeper:
                     if await gap.wait_closed(delay_s):
                         return None  # the call is ending
                     try:
-                        session = await self._open_resumed(agent)
+                        # Abandoned (None) as soon as the call starts ending: a handshake may take
+                        # 10 s (OpenAI) or 30 s (ElevenLabs), and the caller's goodbye must not wait.
+                        session = await gap.unless_closed(self._open_resumed(agent), self._host.call_id)
                     except EngineError as exc:
                         cause = exc.code or "connect_failed"
                         log.warning("engine.reconnect_attempt_failed", attempt=attempt, error=str(exc))
                         if exc.retryable:
                             continue
                         break  # refused for good (401, 403, a 4xx): more attempts would be refused too
-                    if gap.closed.is_set() or self._host.session is not gap:
-                        await session.aclose()  # the call ended, or a hand-off replaced the gap
+                    if session is None or gap.closed.is_set() or self._host.session is not gap:
+                        if session is not None:
+                            await session.aclose()  # a hand-off replaced the gap meanwhile
                         return None
                     self._install(session, agent)
-                    self._count("ok")
+                    recovery.installed = True  # counted `ok` once it has proved itself
                     return session
         except TimeoutError:
             cause = "budget_exhausted"
+        self._recovery = None
         self._count("failed")
-        log.error("engine.reconnect_failed", attempts=attempt, reason=cause)
+        log.error("engine.reconnect_failed", attempts=recovery.attempts, reason=cause)
         return None
 
     async def _open_resumed(self, agent: AnyAgentConfig) -> EngineSession:
@@ -285,6 +295,10 @@ class SessionKeeper:
         self._host.audio.negotiate(session, agent.resample_quality)
         self.started(session, agent)
 
+    def _recovered(self) -> None:
+        self._recovery = None
+        self._count("ok")
+
     def _count(self, result: Result) -> None:
         engine = self._agent.engine if self._agent is not None else "unknown"
         self._metrics.engine_reconnects_total.labels(engine, result).inc()
@@ -294,17 +308,17 @@ class SessionKeeper:
     async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
         """Answer a ToolCall; if the session that made it has been replaced since, the new one never
         saw `call_id`, so the result reaches it as text instead."""
-        await self._settled.wait()  # a reconnect under way: answer the session that comes out of it
-        session = self._host.session
-        owner, name, arguments = self._calls.pop(call_id, (session, "tool", ""))
-        self.log.tool_used(name, arguments, output)
-        self._answer_owed = True
-        self._activity.set()  # a tool no longer running may be what a rollover waits for
-        if owner is session:
-            await session.send_tool_result(call_id, output, is_error)
-        else:
-            log.info("tool.result_after_reconnect", tool=name)
-            await session.send_user_text(late_result_text(name, output))
+        async with self._lock:  # a reconnect or a rollover under way: answer the session it brings
+            session = self._host.session
+            owner, name, arguments = self._calls.pop(call_id, (session, "tool", ""))
+            self.log.tool_used(name, arguments, output)
+            self._answer_owed = True
+            self._activity.set()  # a tool no longer running may be what a rollover waits for
+            if owner is session:
+                await session.send_tool_result(call_id, output, is_error)
+            else:
+                log.info("tool.result_after_reconnect", tool=name)
+                await session.send_user_text(late_result_text(name, output))
 
     # -- rollover ---------------------------------------------------------------------------------
 
@@ -369,4 +383,11 @@ class SessionKeeper:
             await old.aclose()  # its events() end; the downlink carries on with the new session
 
 
-__all__ = ["GapSession", "KeeperHost", "SessionKeeper", "backoff_delay", "retry_cause"]
+__all__ = [
+    "GapSession",
+    "KeeperHost",
+    "SessionKeeper",
+    "backoff_delay",
+    "late_result_text",
+    "retry_cause",
+]

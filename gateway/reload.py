@@ -22,7 +22,6 @@ naming each one, applies everything else, and counts as `partial`:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,13 @@ from gateway.app import load_hold_clips, token_secret
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.hold import HoldClip
+from gateway.log import mask_numbers
 from gateway.metrics import ReloadResult
 from gateway.runtime import build_runtime
 
 log = structlog.get_logger("gateway.reload")
 
 RESTART_ONLY_SERVER_FIELDS = ("host", "port", "public_url", "drain_timeout_s")
-_PHONE_NUMBER = re.compile(r"\+\d{6,15}")
 CARRIERS = ("twilio", "telnyx")
 
 
@@ -99,12 +98,6 @@ def summarize(old: GatewayConfig, new: GatewayConfig) -> dict[str, object]:
     }
 
 
-def _without_numbers(problem: str) -> str:
-    """A problem for the log: `routes.+15555550100: ...` names a phone number, which logs never
-    carry; the last four digits still tell the operator which route (`gateway check` shows it whole)."""
-    return _PHONE_NUMBER.sub(lambda match: "+***" + match.group(0)[-4:], problem)
-
-
 def _unexpected(exc: Exception) -> str:
     # Whatever went wrong, the running config must stay. Only the type is logged: an exception's text
     # could quote a credential it choked on.
@@ -115,7 +108,7 @@ def _failed(app: web.Application, path: str, problems: list[str]) -> ReloadResul
     log.error(
         "config.reload_failed",
         path=path,
-        problems=[_without_numbers(problem) for problem in problems],
+        problems=[mask_numbers(problem) for problem in problems],
         hint="the running config stays in place; `gateway check` on the file shows the same problems",
     )
     app[keys.METRICS].config_reloaded("invalid", time.time())

@@ -74,7 +74,8 @@ def build_runtime(
 ) -> Runtime:
     """Everything new calls and webhooks need from `config`. With `previous` (a reload), a carrier
     whose section did not change is kept as it is, and a changed Telnyx carrier takes over the
-    outbound calls still ringing, so a reload never forgets a call it dialed."""
+    outbound calls still ringing and the announcements still being spoken, so a reload never forgets
+    a call it dialed nor leaves a caller waiting for a hang-up."""
     twilio: TwilioCarrier | None = None
     if config.carriers.twilio is not None:
         old_twilio = previous.twilio_carrier if previous is not None else None
@@ -90,7 +91,7 @@ def build_runtime(
         else:
             telnyx = TelnyxCarrier(config.carriers.telnyx, http)
             if old_telnyx is not None:
-                telnyx.dialed = old_telnyx.dialed
+                telnyx.take_over(old_telnyx)
     services = Services(
         config=config,
         engines=Engines(config.providers, http),

@@ -2,10 +2,11 @@
 
 Draining (uvicorn's order): stop accepting (readyz turns 503, new calls are refused as busy) while
 still listening, so probes and the carrier see the refusal; let live calls finish for up to
-`drain_timeout_s`; then end what remains with a goodbye the carrier speaks (`server.announcements`)
-and a hang-up, for up to GOODBYE_TIMEOUT_S; then cancel whatever is left (hung up at once) and stop.
-A second signal skips the rest of the drain and the goodbyes. The previous signal handlers are
-restored on the way out.
+`drain_timeout_s`, and calls already answered whose media has not connected yet start and finish
+(closing the listener under them would drop their callers); then end what remains with a goodbye
+the carrier speaks (`server.announcements`) and a hang-up, for up to GOODBYE_TIMEOUT_S; then cancel
+whatever is left (hung up at once) and stop. A second signal skips the rest of the drain and the
+goodbyes. The previous signal handlers are restored on the way out.
 
 SIGHUP re-reads the config file (gateway.reload): a reload runs as a task, one at a time, so the
 signal handler returns at once and live calls are not held up.
@@ -50,18 +51,20 @@ async def drain(
     force: asyncio.Event | None = None,
     goodbye_timeout_s: float = GOODBYE_TIMEOUT_S,
 ) -> bool:
-    """Stop accepting calls and wait for live ones to end; True if they all ended in time.
+    """Stop accepting calls and wait for live and answered ones to end; True if they all ended in time.
 
     Calls still live after `timeout_s` are ended with a spoken goodbye (unless `force` is set).
     """
     app[keys.STATE].accepting = False
     calls = app[keys.CALLS]
-    log.info("gateway.draining", calls_active=len(calls), drain_timeout_s=timeout_s)
-    await _wait(calls.wait_empty(), timeout_s, force)
-    if not len(calls):
+    log.info(
+        "gateway.draining", calls_active=len(calls), calls_answered=calls.reserved, drain_timeout_s=timeout_s
+    )
+    await _wait(calls.wait_idle(), timeout_s, force)
+    if not len(calls) and not calls.reserved:
         log.info("gateway.drained")
         return True
-    log.warning("gateway.drain_incomplete", calls_active=len(calls))
+    log.warning("gateway.drain_incomplete", calls_active=len(calls), calls_answered=calls.reserved)
     if force is None or not force.is_set():
         await calls.shut_down_all()
         await _wait(calls.wait_empty(), goodbye_timeout_s, force)

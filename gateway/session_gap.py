@@ -8,7 +8,8 @@ caller typed is still meant; agent prompts (check-ins, goodbyes) are dropped, th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -79,3 +80,30 @@ class GapSession:
         except TimeoutError:
             return False
         return True
+
+    async def unless_closed(
+        self, opening: Coroutine[Any, Any, EngineSession], call_id: str
+    ) -> EngineSession | None:
+        """The session `opening` opens, or None if the call starts ending first: the opening is then
+        cancelled, and a session it had opened already is closed."""
+        task = asyncio.create_task(opening, name=f"call:{call_id}:reconnect")
+        ending = asyncio.create_task(self.closed.wait(), name=f"call:{call_id}:reconnect_gap")
+        try:
+            await asyncio.wait({task, ending}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the reconnect's budget ran out, or the call's task was cancelled
+            await _abandon(task)
+            raise
+        finally:
+            ending.cancel()
+            await asyncio.gather(ending, return_exceptions=True)
+        if not task.done():
+            await _abandon(task)
+            return None
+        return task.result()
+
+
+async def _abandon(task: asyncio.Task[EngineSession]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled() and task.exception() is None:
+        await task.result().aclose()  # it had opened the session already

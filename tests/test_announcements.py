@@ -1,5 +1,6 @@
 """What the carrier itself says before hanging up a call the agent cannot finish: the goodbye when the
-drain time runs out, and the apology when the model is gone (`server.announcements`)."""
+drain time runs out, and the apology when the model is gone (`server.announcements`); and which calls
+the drain waits for before it comes to that."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gateway import keys
 from gateway.schema import AnnouncementsConfig
 from gateway.server import drain
 from tests.conftest import Gateway, StartGateway
+from tests.test_tools import TRANSFER
 
 SHUTDOWN = AnnouncementsConfig().shutdown
 ENGINE_FAILURE = AnnouncementsConfig().engine_failure
@@ -82,6 +84,81 @@ class TestDrainGoodbye:
         await gw.model.next_connection()
         assert await drain(gw.app, timeout_s=0.05) is False
         assert gw.twilio_api.updates_of(call.call_sid) == [{"Status": "completed"}]
+
+    async def test_a_transfer_in_flight_when_the_goodbye_comes_is_not_hung_up(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """The goodbye lands while the transfer's <Dial> update is still in flight: the teardown lets
+        the request finish, and as Twilio took it the call ends as `transferred`, with no <Say> and
+        <Hangup/> update undoing the <Dial>."""
+        gw = await start_gateway(agent={"audio": "g711", "tools": [TRANSFER]})
+        call = await gw.twilio.call()
+        model = await gw.model.next_connection()
+        hold = gw.twilio_api.hold_updates()
+        await model.function_call("call_t", "transfer_call", '{"destination": "front_desk"}')
+        await model.wait_for("conversation.item.create")  # the tool's output
+        await model.speak(b"\x55" * 800, chunk_bytes=800)  # "transferring you now"
+        await gw.twilio_api.wait_update(call.call_sid)  # the <Dial>, not answered yet
+        await gw.app[keys.CALLS].shut_down_all()
+        await asyncio.wait_for(model.closed.wait(), 5)
+        hold.set()
+        await call.wait_closed()
+        [update] = gw.twilio_api.updates_of(call.call_sid)
+        assert "<Dial>" in update["Twiml"]
+        assert gw.twilio_api.said(call.call_sid) == []
+        assert ended(gw, "twilio", "transferred") == 1
+        assert ended(gw, "twilio", "shutdown") == 0
+
+
+class TestDrainWaitsForAnsweredCalls:
+    async def test_a_call_answered_but_not_yet_streaming_keeps_the_drain_open(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """SIGTERM just after a webhook was answered with <Connect><Stream>: the carrier opens the media
+        socket a moment later. The drain must not report "drained" (serve() then closes the listener
+        and the caller is dropped) while such a reservation is outstanding."""
+        gw = await start_gateway()
+        status, body = await gw.twilio.webhook(call_sid="CA" + "7" * 32)
+        assert status == 200 and "<Stream" in body
+        assert gw.app[keys.CALLS].holds("CA" + "7" * 32)
+        assert await drain(gw.app, timeout_s=0.2) is False
+
+    async def test_its_media_is_admitted_during_the_drain_which_ends_with_the_call(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """The media socket of a call answered before the drain connects during it: the call is taken
+        (not refused as busy, while a new call is), runs, and the drain reports drained once it ends."""
+        gw = await start_gateway(agent={"audio": "g711"})
+        call_sid = "CA" + "8" * 32
+        _, body = await gw.twilio.webhook(call_sid=call_sid)
+        stream_url, params = gw.twilio.parse_stream(body)
+        draining = asyncio.create_task(drain(gw.app, timeout_s=30))
+        _, refused = await gw.twilio.webhook()
+        assert 'reason="busy"' in refused
+        call = await gw.twilio.open_stream(stream_url, params, call_sid=call_sid)
+        model = await gw.model.next_connection()
+        await call.send_audio(b"\x12" * 160)
+        await model.wait_audio(160)
+        assert not draining.done()
+        await call.stop()
+        assert await asyncio.wait_for(draining, 5) is True
+        assert gw.twilio_api.updates == []
+        assert ended(gw, "twilio", "caller_hangup") == 1
+
+    async def test_a_call_the_gateway_dialed_is_answered_during_the_drain(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """A call placed before the drain (it holds a place from the dial) whose callee answers during
+        it: Twilio's webhook gets <Connect><Stream>, not <Reject>, which would hang up on the callee."""
+        gw = await start_gateway()
+        call_sid = "CA" + "9" * 32
+        assert gw.app[keys.CALLS].reserve(call_sid)  # what POST /v1/calls does once Twilio took it
+        draining = asyncio.create_task(drain(gw.app, timeout_s=0.2))
+        _, body = await gw.twilio.webhook(
+            call_sid=call_sid, direction="outbound-api", query="agent=receptionist"
+        )
+        assert "<Stream" in body and "<Reject" not in body
+        assert await draining is False  # its media never connects here
 
 
 class TestEngineFailureApology:

@@ -126,14 +126,20 @@ class TestFirstMessage:
     async def test_first_message_is_requested_right_after_session_update(
         self, start_gateway: StartGateway, dialect: str
     ) -> None:
-        """With first_message set, response.create with that exact text follows the session.update."""
-        gw = await start_gateway(dialect, agent={"first_message": "Hello! How can I help today?"})
+        """With first_message set, a system message with that exact text and a plain response.create
+        follow the session.update: no per-response instructions, which would replace the agent's
+        prompt for the greeting."""
+        agent = {"first_message": "Hello! How can I help today?", "prompt": "You are a receptionist."}
+        gw = await start_gateway(dialect, agent=agent)
         await gw.twilio.call()
         model = await gw.model.next_connection()
         await model.wait_for("response.create")
         kinds = [e["type"] for e in model.received]
-        assert kinds[:2] == ["session.update", "response.create"]
-        assert "Hello! How can I help today?" in model.received[1]["response"]["instructions"]
+        assert kinds[:3] == ["session.update", "conversation.item.create", "response.create"]
+        assert model.received[0]["session"]["instructions"] == "You are a receptionist."
+        [note] = model.system_notes()
+        assert "Hello! How can I help today?" in note
+        assert "response" not in model.received[2]
 
     async def test_no_first_message_means_no_response_create(self, start_gateway: StartGateway) -> None:
         """Without first_message the agent waits for the caller: no response.create is sent."""

@@ -148,10 +148,16 @@ class TestSessionUpdate:
 class TestOtherClientEvents:
     @pytest.mark.parametrize("dialect", ["ga", "beta"])
     def test_fixed_shapes_validate(self, dialect: str) -> None:
-        """append, response.create (first message), response.cancel and truncate validate in both dialects."""
+        """append, the first message (a system message, then a plain response.create), response.cancel
+        and truncate validate in both dialects."""
+        greeting = [{"type": "input_text", "text": first_message_instructions("Hello!")}]
         events = [
             {"type": "input_audio_buffer.append", "audio": "AAAA"},
-            {"type": "response.create", "response": {"instructions": first_message_instructions("Hello!")}},
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "system", "content": greeting},
+            },
+            {"type": "response.create"},
             {"type": "response.cancel"},
             {
                 "type": "conversation.item.truncate",

@@ -18,6 +18,7 @@ from gateway.audio import ULAW_8K
 from gateway.config import ReconnectConfig, parse_config
 from gateway.conversation import MAX_TURN_CHARS, ConversationLog
 from gateway.engines.base import Turn
+from gateway.engines.openai_realtime import OpenAIRealtimeSession
 from gateway.engines.replay import RESUME_INSTRUCTIONS, context_text, openai_items
 from gateway.errors import ConfigError
 from gateway.reconnect import backoff_delay, late_result_text, retry_cause
@@ -30,6 +31,7 @@ from tests.fakes.tool_server import FakeToolServer
 
 DIALECTS = ["ga", "beta"]
 ENGINE_FAILURE = AnnouncementsConfig().engine_failure
+SHUTDOWN = AnnouncementsConfig().shutdown
 QUIET_S = 0.3  # how long something that must not happen is given to happen anyway
 USAGE = {
     "total_tokens": 150,
@@ -169,7 +171,8 @@ class TestReconnect:
     @pytest.mark.parametrize("how", ["error_event", "close_1001", "connection_lost"])
     async def test_expiry_and_lost_connections_reconnect(self, start_gateway: StartGateway, how: str) -> None:
         """OpenAI's session_expired error (the gateway closes that socket itself), its 1001 "maximum
-        duration" close, and a connection that dies without a close frame all lead to a new session."""
+        duration" close, and a connection that dies without a close frame all lead to a new session,
+        counted `ok` once it has carried the call to its end."""
         gw = await start_gateway(agent={"audio": "g711"}, server=server())
         call = await gw.twilio.call()
         first = await gw.model.next_connection()
@@ -186,12 +189,17 @@ class TestReconnect:
         await asyncio.wait_for(first.closed.wait(), 5)
         await call.send_audio(b"\x22" * 160)
         await second.wait_audio(160)
+        await call.stop()
+        await call.wait_closed()
         assert reconnects(gw, "ok") == 1
         assert gw.twilio_api.updates == []
 
     async def test_drop_mid_response_asks_the_agent_to_carry_on(self, start_gateway: StartGateway) -> None:
-        """Cut off mid-sentence, the agent is asked (response.create) to finish its point, not to greet."""
-        gw = await start_gateway(agent={"audio": "g711"}, server=server())
+        """Cut off mid-sentence, the agent is asked to finish its point, not to greet: a system message
+        and a plain response.create, so the session's instructions (the agent's prompt: persona,
+        language, rules) stay in force for that answer."""
+        gw = await start_gateway(agent={"audio": "g711", "prompt": "You are Ada, answer in French."},
+                                 server=server())  # fmt: skip
         call = await gw.twilio.call()
         first = await gw.model.next_connection()
         await first.response_created("resp_1")
@@ -199,9 +207,12 @@ class TestReconnect:
         await call.wait_audio(160)
         await first.close(code=1011)
         second = await gw.model.next_connection()
+        update = (await second.wait_for("session.update"))[0]
         created = (await second.wait_for("response.create"))[0]
-        assert created["response"] == {"instructions": RESUME_INSTRUCTIONS}
-        assert second.of_type("conversation.item.create") == []  # no finished turn to replay
+        assert update["session"]["instructions"] == "You are Ada, answer in French."
+        assert "response" not in created  # no per-response instructions replacing the prompt
+        items = [e["item"] for e in second.of_type("conversation.item.create")]
+        assert items == [message("system", "input_text", RESUME_INSTRUCTIONS)]  # no finished turn
 
     async def test_exhausted_reconnect_apologises_and_hangs_up(self, start_gateway: StartGateway) -> None:
         """Every attempt refused (503): after `attempts` tries the call ends as engine_error, counted
@@ -338,6 +349,80 @@ class TestReconnect:
         assert reconnects(gw, "ok") == reconnects(gw, "failed") == 0
         assert len(gw.app[keys.CALLS]) == 0
 
+    async def test_sessions_that_die_right_after_opening_do_not_reconnect_forever(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """A model that accepts every socket, acknowledges the session.update and closes (1011) is a
+        failing model: each replacement that drops before proving itself carries on the same outage,
+        so with `attempts: 2` the call ends after three sockets as engine_error (apology, hang-up),
+        counted `failed` once and never `ok`, instead of being reconnected (and replayed) until
+        max_call_duration_s."""
+        gw = await start_gateway(agent={"audio": "g711"}, server=server(attempts=2))
+        call = await gw.twilio.call()
+        with capture_logs() as logs:
+            for _ in range(3):
+                model = await gw.model.next_connection()
+                await model.wait_for("session.update")
+                await model.close(code=1011)
+            await gw.twilio_api.wait_hangup(call.call_sid)
+            await call.wait_closed()
+        assert gw.model.upgrades == 3
+        assert gw.twilio_api.said(call.call_sid) == [ENGINE_FAILURE]
+        assert (reconnects(gw, "ok"), reconnects(gw, "failed")) == (0, 1)
+        assert outcome(gw, "engine_error") == 1
+        reconnecting = [e["attempt"] for e in logs if e["event"] == "engine.reconnecting"]
+        assert reconnecting == [1, 2]
+        failed = [(e["attempts"], e["reason"]) for e in logs if e["event"] == "engine.reconnect_failed"]
+        assert failed == [(2, "close_1011")]
+
+    async def test_a_replacement_that_proved_itself_starts_a_new_outage_when_it_drops(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """A replacement the agent has spoken through has recovered the call (counted `ok` at once):
+        its own later drop is a new outage with every attempt again (`attempts: 1` here)."""
+        gw = await start_gateway(agent={"audio": "g711"}, server=server(attempts=1))
+        call = await gw.twilio.call()
+        first = await gw.model.next_connection()
+        await first.close(code=1011)
+        second = await gw.model.next_connection()
+        await second.wait_for("session.update")
+        await second.speak(b"\x44" * 160, chunk_bytes=160)
+        await call.wait_audio(160)
+        assert reconnects(gw, "ok") == 1
+        await second.close(code=1011)
+        third = await gw.model.next_connection()
+        await third.wait_for("session.update")
+        await call.send_audio(b"\x22" * 160)
+        await third.wait_audio(160)
+        await call.stop()
+        await call.wait_closed()
+        assert (reconnects(gw, "ok"), reconnects(gw, "failed")) == (2, 0)
+        assert outcome(gw, "caller_hangup") == 1
+        assert gw.twilio_api.updates == []
+
+    async def test_shutdown_during_a_slow_reconnect_handshake_ends_the_call_without_waiting_for_it(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """The drain's goodbye (shut_down → end("shutdown")) while a reconnect attempt's handshake is
+        in flight: the handshake is abandoned and the call ends at once with the goodbye, not after
+        the handshake's 10 s connect timeout (which, with Telnyx's spoken goodbye after it, would
+        outlast GOODBYE_TIMEOUT_S). The held handshake is never released before the hang-up."""
+        gw = await start_gateway(agent={"audio": "g711"}, server=server(budget_s=60))
+        call = await gw.twilio.call()
+        first = await gw.model.next_connection()
+        hold = gw.model.hold_upgrades()
+        await first.close(code=1011)
+        await gw.model.wait_upgrades(2)  # the reconnect's handshake is now held
+        await gw.app[keys.CALLS].shut_down_all()
+        try:
+            await gw.twilio_api.wait_hangup(call.call_sid)  # bounded by the fake's WAIT_S (5 s)
+            await call.wait_closed()
+        finally:
+            hold.set()
+        assert gw.twilio_api.said(call.call_sid) == [SHUTDOWN]
+        assert outcome(gw, "shutdown") == 1
+        assert reconnects(gw, "ok") == reconnects(gw, "failed") == 0
+
 
 class TestToolCallsAcrossAReconnect:
     async def test_result_of_a_call_made_before_the_drop_goes_to_the_new_session_as_text(
@@ -436,6 +521,67 @@ class TestRollover:
         items = [e["item"] for e in await second.wait_for("conversation.item.create")]
         note = 'The agent called lookup_booking({"name": "Ada"}); it returned {"ok": true}'
         assert items == [message("system", "input_text", note)]
+        await asyncio.wait_for(first.closed.wait(), 5)
+        assert reconnects(gw, "rollover") == 1
+
+    async def test_tool_result_during_the_swap_goes_to_the_new_session(
+        self, start_gateway: StartGateway, tools: FakeToolServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A tool that finishes while the next session is being given the conversation (here the
+        rollover stopped waiting for quiet: rollover_wait_s 0): its result is held until the swap and
+        reaches the new session as a note, never the old session, which is closed right after."""
+        tools.script("lookup", held=True)
+        lookup = {**LOOKUP, "webhook": {"url": tools.url("lookup")}}
+        rollover = server(rollover_after_s=0.3, rollover_wait_s=0)
+        gw = await start_gateway(agent={"audio": "g711", "tools": [lookup]}, server=rollover)
+        resuming, resume = asyncio.Event(), asyncio.Event()
+        real_resume = OpenAIRealtimeSession.resume
+
+        async def held_resume(session: OpenAIRealtimeSession, turns: Any, instructions: str | None) -> None:
+            resuming.set()
+            await resume.wait()
+            await real_resume(session, turns, instructions)
+
+        monkeypatch.setattr(OpenAIRealtimeSession, "resume", held_resume)
+        await gw.twilio.call()
+        first = await gw.model.next_connection()
+        await first.function_call("call_1", "lookup_booking", '{"name": "Ada"}')
+        await tools.wait_requests(1)
+        second = await gw.model.next_connection()
+        await asyncio.wait_for(resuming.wait(), 5)  # the rollover is giving `second` the conversation
+        tools.release("lookup")
+        await stays_false(first.wait_for("conversation.item.create"))
+        resume.set()
+        await asyncio.wait_for(first.closed.wait(), 5)
+        item = (await second.wait_for("conversation.item.create"))[0]["item"]
+        assert item == message("user", "input_text", late_result_text("lookup_booking", '{"ok": true}'))
+        await second.wait_for("response.create")
+        assert first.of_type("conversation.item.create") == []
+        assert reconnects(gw, "rollover") == 1
+
+    async def test_a_failed_handoff_does_not_hold_the_rollover_up(self, start_gateway: StartGateway) -> None:
+        """A hand-off whose agent cannot be reached (its socket refused) leaves no tool call running:
+        the rollover that follows finds the call quiet and swaps, instead of waiting out
+        `rollover_wait_s` (60 s here) at every rollover of the call."""
+        agents = {
+            "receptionist": {
+                "engine": "openai_realtime_2",
+                "audio": "g711",
+                "tools": [{"builtin": "handoff", "agents": ["billing"]}],
+            },
+            "billing": {"engine": "openai_realtime_2", "audio": "g711"},
+        }
+        rollover = server(rollover_after_s=0.5, rollover_wait_s=60)
+        gw = await start_gateway(agents=agents, server=rollover)
+        await gw.twilio.call()
+        first = await gw.model.next_connection()
+        gw.model.refuse_with = 503
+        await first.function_call("call_1", "handoff", '{"agent": "billing"}')
+        await first.wait_for("response.create")  # the agent is asked to apologise: the hand-off failed
+        assert gw.model.refused == [503]
+        gw.model.refuse_with = None
+        second = await gw.model.next_connection()  # the rollover (tried again a period later if refused)
+        await second.wait_for("session.update")
         await asyncio.wait_for(first.closed.wait(), 5)
         assert reconnects(gw, "rollover") == 1
 

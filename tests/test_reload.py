@@ -16,12 +16,15 @@ from structlog.typing import EventDict
 
 from gateway import keys, reload
 from gateway.config import GatewayConfig
+from gateway.log import mask_numbers
 from gateway.reload import Reloader, reload_config
 from tests.conftest import StartGateway
 from tests.fakes.telnyx import new_call_control_id
 from tests.test_handoff import function_call
 
 SALES = "+15555550101"
+# (server.port is ignored by the test server, which listens on its own port.)
+SERVER = {"host": "127.0.0.1", "port": 1, "public_url": "http://127.0.0.1:1"}
 BILLING = "+15555550102"
 AGENTS: dict[str, Any] = {
     "receptionist": {
@@ -132,6 +135,54 @@ class TestReloadConfig:
         await gw.twilio.call()
         assert await instructions_of_next_session(gw) == "old prompt"
 
+    async def test_numbers_written_any_way_are_kept_out_of_the_log(
+        self, start_gateway: StartGateway, tmp_path: Path
+    ) -> None:
+        """Phone numbers YAML did not read as `+` strings still stay out of the reload's log: an
+        unquoted route key (an int, its `+` lost), a key written with spaces, and a whole number in
+        `allowed_outbound_prefixes` are each cut to their last four digits."""
+        gw = await start_gateway(agent={"audio": "g711"})
+        doc = document(gw.config)
+        doc["routes"] |= {15555550177: "receptionist", "+1 555 555 0166": "receptionist"}
+        doc["allowed_outbound_prefixes"] = ["15555550155"]
+        with structlog.testing.capture_logs() as logs:
+            assert await reload_config(gw.app, write(tmp_path / "agents.yaml", doc)) == "invalid"
+        (line,) = events(logs, "config.reload_failed")
+        problems = line["problems"]
+        assert any(p.startswith("routes.***0177: phone numbers must be quoted") for p in problems)
+        assert any(p.startswith("routes.+***0166: must be an E.164 number") for p in problems)
+        assert (
+            "allowed_outbound_prefixes: '***0155' must be '+' and at least one digit, e.g. \"+1555\""
+            in problems
+        )
+        text = json.dumps(logs)
+        for digits in ("5555550177", "555 555 0166", "5555550155"):
+            assert digits not in text
+
+    async def test_speak_ended_after_a_reload_ends_the_wait_of_a_call_started_before_it(
+        self, start_gateway: StartGateway, tmp_path: Path
+    ) -> None:
+        """A reload that changes carriers.telnyx builds a new TelnyxCarrier; a call that started before
+        it announces through the old one. Its `call.speak.ended` webhook (handled by the new carrier)
+        must still end the wait and bring the hang-up, not leave the caller in silence until the
+        length-based fallback (20 s for this long apology)."""
+        apology = "We are sorry. " * 30  # 420 characters: the fallback wait is SPEAK_MAX_WAIT_S
+        gw = await start_gateway(server={**SERVER, "announcements": {"engine_failure": apology}})
+        call = await gw.telnyx.call_control(gw.telnyx_api)
+        model = await gw.model.next_connection()
+        doc = document(gw.config)
+        doc["carriers"]["telnyx"]["say_voice"] = "male"
+        assert await reload_config(gw.app, write(tmp_path / "agents.yaml", doc)) == "ok"
+        assert keys.runtime(gw.app).telnyx.config.say_voice == "male"
+
+        await model.error("insufficient_quota", "boom")
+        speak = await gw.telnyx_api.wait_action(call.call_control_id, "speak")
+        assert speak["voice"] == "female"  # the live call keeps the carrier it started with
+        status, _ = await gw.telnyx.speak_ended(call.call_control_id)
+        assert status == 200
+        await gw.telnyx_api.wait_action(call.call_control_id, "hangup")  # bounded by the fake's 5 s
+        await call.wait_closed()
+
     async def test_unreadable_hold_clip_rejects_the_whole_file(
         self, start_gateway: StartGateway, tmp_path: Path
     ) -> None:
@@ -239,6 +290,31 @@ class TestReloadConfig:
         await live.wait_audio(800)
         await live.stop()
         await live.wait_closed()
+
+
+class TestMaskNumbers:
+    @pytest.mark.parametrize(
+        ("problem", "logged"),
+        [
+            ("routes.+15555550100: no agent named 'x'", "routes.+***0100: no agent named 'x'"),
+            ("routes.15555550100: must be quoted", "routes.***0100: must be quoted"),
+            ("routes.+1 555-555 0100: must be E.164", "routes.+***0100: must be E.164"),
+            ("routes.client:alice: must be E.164", "routes.***: must be E.164"),
+            ("x: '+1 (555) 555-0100' is wrong", "x: '+***0100' is wrong"),
+            (
+                "allowed_outbound_prefixes[0]: '+1555' must be",
+                "allowed_outbound_prefixes[0]: '+1555' must be",
+            ),
+            ("server.port: must be at least 1", "server.port: must be at least 1"),
+        ],
+    )
+    def test_route_keys_and_digit_runs_are_cut_to_their_last_four_digits(
+        self, problem: str, logged: str
+    ) -> None:
+        """A route key, whatever it is, and any run of six or more digits (with a `+` or without, with
+        spaces, dashes or brackets inside) keep only their last four digits; short numbers (a
+        four-digit prefix, a limit) are left as they are."""
+        assert mask_numbers(problem) == logged
 
 
 class TestReloader:

@@ -504,16 +504,16 @@ class TestTransfer:
         assert [action for _, action, _ in gw.telnyx_api.actions] == ["answer"]
 
     async def test_twilio_refusal_makes_the_agent_apologise(self, start_gateway: StartGateway) -> None:
-        """When Twilio refuses the update the agent is asked (response.create with instructions) to
-        apologise, and the call goes on."""
+        """When Twilio refuses the update the agent is asked (a system message, then response.create)
+        to apologise, and the call goes on."""
         gw = await start_gateway(agent={"audio": "g711", "tools": [TRANSFER]})
         call, model = await openai_call(gw)
         gw.twilio_api.status_for[call.call_sid] = 400
         await model.function_call("call_t", "transfer_call", '{"destination": "front_desk"}')
         await tool_output(model)
         await model.speak(GOODBYE, chunk_bytes=800)
-        creates = await model.wait_for("response.create", 2)
-        assert "Apologise" in creates[1]["response"]["instructions"]
+        await model.wait_for("response.create", 2)
+        assert "Apologise" in model.system_notes()[-1]
         assert len(gw.twilio_api.updates) == 1
         gw.twilio_api.updates.clear()
         await assert_alive(gw, call, model)
@@ -527,8 +527,8 @@ class TestTransfer:
         await model.function_call("call_t", "transfer_call", '{"destination": "front_desk"}')
         await tool_output(model)
         await model.speak(GOODBYE, chunk_bytes=800)
-        creates = await model.wait_for("response.create", 2)
-        assert "Apologise" in creates[1]["response"]["instructions"]
+        await model.wait_for("response.create", 2)
+        assert "Apologise" in model.system_notes()[-1]
         await call.send_audio(b"\x12" * 160)
         await model.wait_audio(160)
         assert gw.telnyx_api.hangups() == []
@@ -668,7 +668,8 @@ class TestIdle:
     @pytest.mark.parametrize("dialect", DIALECTS)
     async def test_prompts_then_goodbye_then_hang_up(self, start_gateway: StartGateway, dialect: str) -> None:
         """After idle_timeout_s of silence the agent is asked to check in with each prompt in turn,
-        then to say goodbye; once the goodbye is heard the call is hung up as idle_timeout."""
+        then to say goodbye (system messages: the agent's prompt stays in force, no response carries
+        instructions of its own); once the goodbye is heard the call is hung up as idle_timeout."""
         prompts = ["Ask if they are there", "Ask again"]
         gw = await start_gateway(
             dialect, agent={"audio": "g711", "idle_timeout_s": 0.2, "idle_prompts": prompts}
@@ -677,7 +678,8 @@ class TestIdle:
         call, model = await openai_call(gw)
         creates = await model.wait_for("response.create", 3)
         assert time.monotonic() - started >= 3 * 0.2
-        assert [c["response"]["instructions"] for c in creates] == [*prompts, IDLE_GOODBYE]
+        assert model.system_notes() == [*prompts, IDLE_GOODBYE]
+        assert all("response" not in create for create in creates)
         await model.speak(GOODBYE, chunk_bytes=800)
         await gw.twilio_api.wait_hangup(call.call_sid)
         await call.wait_closed()
@@ -695,8 +697,8 @@ class TestIdle:
         call, model = await openai_call(gw)
         await model.wait_for("response.create")
         await model.speech_started()
-        creates = await model.wait_for("response.create", 4)
-        assert [c["response"]["instructions"] for c in creates] == [*prompts[:1], *prompts, IDLE_GOODBYE]
+        await model.wait_for("response.create", 4)
+        assert model.system_notes() == [*prompts[:1], *prompts, IDLE_GOODBYE]
         await gw.twilio_api.wait_hangup(call.call_sid)
         await call.wait_closed()
         assert outcome(gw, "idle_timeout") == 1

@@ -178,6 +178,13 @@ class TelnyxCarrier:
         self.dialed = DialedCalls()
         self._speaking: dict[str, asyncio.Event] = {}  # call_control_id -> set when speech ended
 
+    def take_over(self, previous: TelnyxCarrier) -> None:
+        """Share what `previous` (the carrier before a config reload) tracks of calls in progress:
+        dialed calls still ringing, and announcements waiting for `call.speak.ended`. Calls started
+        before the reload announce through `previous`, while the webhook reaches this carrier."""
+        self.dialed = previous.dialed
+        self._speaking = previous._speaking
+
     @staticmethod
     def decode(text: str) -> CarrierEvent:
         return decode_frame(text)

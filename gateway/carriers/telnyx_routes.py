@@ -22,7 +22,13 @@ from gateway.bridge import CallBridge
 from gateway.carriers.base import StreamStart
 from gateway.carriers.forms import post_form
 from gateway.carriers.inbound import FLOOD_CLOSE_MESSAGE, InboundFrames, media_socket_response
-from gateway.carriers.telnyx import decode_frame, signature_problem, texml_connect_stream, texml_reject
+from gateway.carriers.telnyx import (
+    ActionResult,
+    decode_frame,
+    signature_problem,
+    texml_connect_stream,
+    texml_reject,
+)
 from gateway.frames import FrameAudit
 from gateway.services import carrier_format
 from gateway.tokens import Grant
@@ -61,7 +67,8 @@ def _admit(request: web.Request, call_id: str, to: str) -> tuple[str | None, str
         log.warning("call.rejected", carrier="telnyx", reason="unrouted")
         metrics.calls_total.labels("telnyx", "", "", "rejected_unrouted").inc()
         return None, "unrouted"
-    if not app[keys.STATE].accepting or not app[keys.CALLS].reserve(call_id):
+    # While draining, only a call already held goes on (a retried TeXML fetch).
+    if not app[keys.CALLS].reserve(call_id, new_calls=app[keys.STATE].accepting):
         log.warning("call.rejected", carrier="telnyx", reason="busy", agent=agent_name)
         engine = config.agents[agent_name].engine
         metrics.calls_total.labels("telnyx", agent_name, engine, "rejected_busy").inc()
@@ -191,20 +198,23 @@ async def _start_dialed_stream(request: web.Request, call_id: str, agent_name: s
     runtime, metrics = keys.runtime(app), app[keys.METRICS]
     config, telnyx = runtime.config, runtime.telnyx
     agent = config.agents.get(agent_name)
-    # The call holds a place from the dial; it is taken again here in case a long ring outlived it.
-    if agent is None or not app[keys.STATE].accepting or not app[keys.CALLS].reserve(call_id):
+    # The call holds a place from the dial, kept while draining; it is taken again here in case a
+    # long ring outlived it (not while draining: then it is a new call).
+    calls = app[keys.CALLS]
+    admitted = agent is not None and calls.reserve(call_id, new_calls=app[keys.STATE].accepting)
+    if not admitted:
         reason = "unrouted" if agent is None else "busy"
         log.warning("call.rejected", carrier="telnyx", reason=reason, agent=agent_name, call_id=call_id)
         labels = ("", "") if agent is None else (agent_name, agent.engine)
         metrics.calls_total.labels("telnyx", *labels, f"rejected_{reason}").inc()
-        app[keys.CALLS].release(call_id)
-        await telnyx.hangup(call_id)
-        return
-    log.info("call.accepted", carrier="telnyx", agent=agent_name, call_id=call_id, direction="outbound")
-    started = await telnyx.action(call_id, "streaming_start", _stream_params(request, call_id, agent_name))
+        started: ActionResult = "failed"
+    else:
+        log.info("call.accepted", carrier="telnyx", agent=agent_name, call_id=call_id, direction="outbound")
+        params = _stream_params(request, call_id, agent_name)
+        started = await telnyx.action(call_id, "streaming_start", params)
     if started != "ok":
-        # Answered but never streamed, the callee would hear silence: end the call.
-        app[keys.CALLS].release(call_id)
+        # Refused, or answered but never streamed: the callee would hear silence, so end the call.
+        calls.release(call_id)
         if started == "failed":
             await telnyx.hangup(call_id)
 

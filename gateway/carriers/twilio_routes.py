@@ -73,7 +73,8 @@ async def voice_webhook(request: web.Request) -> web.Response:
         metrics.calls_total.labels("twilio", "", "", "rejected_unrouted").inc()
         return _twiml(twiml_reject())
     agent = config.agents[agent_name]
-    if not app[keys.STATE].accepting or not calls.reserve(call_sid):
+    # While draining, only a call already held goes on: a call this gateway dialed, now answered.
+    if not calls.reserve(call_sid, new_calls=app[keys.STATE].accepting):
         log.warning("call.rejected", carrier="twilio", reason="busy", agent=agent_name)
         metrics.calls_total.labels("twilio", agent_name, agent.engine, "rejected_busy").inc()
         return _twiml(twiml_reject("busy"))

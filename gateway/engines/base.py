@@ -186,7 +186,8 @@ class EngineSession(Protocol):
         """A caller turn in text (e.g. key presses); the model answers it."""
 
     async def say(self, instructions: str) -> None:
-        """Have the agent speak now, following `instructions` (check-ins, goodbyes)."""
+        """Have the agent speak now, following `instructions` (check-ins, goodbyes) on top of its own
+        prompt, which stays in force."""
 
     def events(self) -> AsyncIterator[EngineEvent]: ...
 

@@ -297,7 +297,14 @@ class OpenAIRealtimeSession:
         return self._ws.close_code
 
     async def say(self, instructions: str) -> None:
-        await self._send({"type": "response.create", "response": {"instructions": instructions}})
+        # A system message, then a plain response.create. `response.instructions` would replace the
+        # session's instructions (the agent's prompt) for that response (§A.3, §B.3): the greeting, a
+        # check-in or the answer after a reconnect would be given without the agent's persona,
+        # language and rules. System content is `input_text` in both dialects.
+        content = [{"type": "input_text", "text": instructions}]
+        item = {"type": "message", "role": "system", "content": content}
+        await self._send({"type": "conversation.item.create", "item": item})
+        await self._send({"type": "response.create"})
 
     async def send_tool_result(self, call_id: str, output: str, is_error: bool) -> None:
         # The output text itself says whether it is an error ({"error": ...}); the item has no flag.

@@ -60,6 +60,16 @@ class FakeRealtimeConnection:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.received if e.get("type") == kind]
 
+    def system_notes(self) -> list[str]:
+        """The text of each system message the gateway added, in order: what it asked the agent to say
+        (greeting, check-ins, goodbyes, carrying on after a reconnect) and replayed tool notes."""
+        return [
+            part["text"]
+            for event in self.of_type("conversation.item.create")
+            if event["item"].get("type") == "message" and event["item"].get("role") == "system"
+            for part in event["item"]["content"]
+        ]
+
     async def wait_for(self, kind: str, count: int = 1) -> list[dict[str, Any]]:
         """Wait until `count` events of `kind` arrived; returns them."""
         async with asyncio.timeout(WAIT_S), self._changed:

@@ -295,6 +295,7 @@ class FakeTwilioApi:
         self.created: list[dict[str, str]] = []  # the form of each `POST …/Calls.json`, in order
         self.created_sids: list[str] = []
         self.create_status = 201  # anything else: a Twilio error body (code 21215) with that status
+        self._hold: asyncio.Event | None = None
         self._changed = asyncio.Condition()
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls/{call}.json", self._update)
@@ -323,6 +324,8 @@ class FakeTwilioApi:
         async with self._changed:
             self.updates.append((call_sid, form))
             self._changed.notify_all()
+        if self._hold is not None:
+            await self._hold.wait()
         status = self.status_for.get(call_sid, 200)
         if status == 404:
             return web.json_response({"code": 20404, "message": "not found", "status": 404}, status=404)
@@ -349,6 +352,12 @@ class FakeTwilioApi:
             {"sid": sid, "account_sid": self.account_sid, "status": "queued", "direction": "outbound-api"},
             status=201,
         )
+
+    def hold_updates(self) -> asyncio.Event:
+        """Record call updates at once but answer them only once the returned event is set (a slow
+        API: the request is in flight)."""
+        self._hold = asyncio.Event()
+        return self._hold
 
     def hangups(self) -> list[str]:
         """Calls ended by an update: `Status=completed`, or TwiML that ends in <Hangup/> (§C.6)."""
