@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -48,6 +48,22 @@ def _summary(config: GatewayConfig) -> str:
     return f"agents: {agents}; routes: {len(config.routes)}; default_agent: {config.default_agent or '-'}"
 
 
+def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """uvloop's event loop when it is importable (the `fast` extra), else asyncio's default.
+
+    uvloop's transports, timers and handles are C: at a few hundred calls the per-frame cost of the
+    event loop is a large share of the gateway's CPU (bench/PROFILE.md). Returns the factory for
+    asyncio.Runner (None: the default loop) and the name logged at start-up.
+    """
+    if os.environ.get("GATEWAY_EVENT_LOOP", "").lower() == "asyncio":
+        return None, "asyncio"
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the gateway runs without it, only slower
+    except ImportError:
+        return None, "asyncio"
+    return uvloop.new_event_loop, "uvloop"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
@@ -82,9 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url=config.server.public_url,
         agents=sorted(config.agents),
     )
+    factory, loop_name = loop_factory()
+    log.info("gateway.event_loop", loop=loop_name)
     app = create_app(config)
     server = config.server
-    asyncio.run(serve(app, server.host, server.port, server.drain_timeout_s, config_path=path))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(app, server.host, server.port, server.drain_timeout_s, config_path=path))
     log.info("gateway.stopped")
     return 0
 

@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.audio import ALAW_8K, ULAW_8K, AudioFormat, Resampler, pcm16_to_alaw, pcm16_to_ulaw
+from gateway.audio import ALAW_8K, ULAW_8K, AudioFormat, new_resampler, pcm16_to_alaw, pcm16_to_ulaw
 from gateway.errors import ConfigError
 
 __all__ = ["MAX_HOLD_CLIP_S", "HoldClip", "load_hold_clip", "loop_slice"]
@@ -92,7 +92,7 @@ def load_hold_clip(path: str | Path) -> HoldClip:
         raise problem("clip is empty")
     pcm = _to_pcm16(samples)
     if rate_hz != _OUT_RATE_HZ:
-        resampler = Resampler(rate_hz, _OUT_RATE_HZ)
+        resampler = new_resampler(rate_hz, _OUT_RATE_HZ)
         # process + flush on one stream gives exactly round(n * 8000 / rate_hz) samples.
         pcm = resampler.process(pcm) + resampler.flush()
         if not pcm:

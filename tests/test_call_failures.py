@@ -115,6 +115,22 @@ class TestModelFailure:
         await call.wait_closed()
         assert ended(gw, "carrier_timeout") == 1
 
+    async def test_streaming_socket_outlives_the_idle_timeout(self, start_gateway: StartGateway) -> None:
+        """The idle watchdog moves its deadline with each frame: a carrier streaming for three idle
+        timeouts is never cut off, and the same call ends as carrier_timeout once it falls silent."""
+        server = {"host": "127.0.0.1", "port": 1, "public_url": "http://127.0.0.1:1"}
+        gw = await start_gateway(server={**server, "limits": {"idle_timeout_s": 1.0}})
+        call = await gw.twilio.call()
+        await gw.model.next_connection()
+        for _ in range(60):  # 3 s at a carrier's pace (paced, not waited on: 20x the idle margin)
+            await call.send_audio(b"\xff" * 160)
+            await asyncio.sleep(0.05)
+        assert gw.twilio_api.hangups() == []
+        assert ended(gw, "carrier_timeout") == 0
+        await gw.twilio_api.wait_hangup(call.call_sid)
+        await call.wait_closed()
+        assert ended(gw, "carrier_timeout") == 1
+
 
 class TestModelTrouble:
     @pytest.mark.parametrize("audio", ["g711", "pcm24k"])

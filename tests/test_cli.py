@@ -227,6 +227,32 @@ class TestRun:
         assert "invalid choice: 'xml'" in capsys.readouterr().err
 
 
+class TestEventLoop:
+    def test_uvloop_when_importable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`gateway run` runs on uvloop when it is installed (a dependency everywhere but Windows)."""
+        uvloop = pytest.importorskip("uvloop")
+        monkeypatch.delenv("GATEWAY_EVENT_LOOP", raising=False)
+        factory, name = cli.loop_factory()
+        assert name == "uvloop"
+        assert factory is not None
+        loop = factory()
+        try:
+            assert isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+
+    def test_asyncio_on_request(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """GATEWAY_EVENT_LOOP=asyncio keeps asyncio's own loop (to rule uvloop out when debugging)."""
+        monkeypatch.setenv("GATEWAY_EVENT_LOOP", "asyncio")
+        assert cli.loop_factory() == (None, "asyncio")
+
+    def test_asyncio_when_uvloop_is_missing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without uvloop (Windows, or uninstalled) the default loop runs; nothing fails."""
+        monkeypatch.delenv("GATEWAY_EVENT_LOOP", raising=False)
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # makes `import uvloop` raise ImportError
+        assert cli.loop_factory() == (None, "asyncio")
+
+
 class TestModuleEntryPoint:
     def _run(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         clean = {k: v for k, v in os.environ.items() if k not in EXAMPLE_ENV and k != "PORT"}

@@ -305,3 +305,31 @@ def _python() -> str:
     import sys  # noqa: PLC0415
 
     return ".".join(map(str, sys.version_info[:3]))
+
+
+class _RecordingCounter:
+    """Stands in for a prometheus counter child: records what is added."""
+
+    def __init__(self) -> None:
+        self.added: list[float] = []
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.added.append(amount)
+
+
+class TestCpuSampling:
+    def test_one_conversion_in_n_is_timed_and_scaled(self) -> None:
+        """gateway_transcode_cpu_seconds_total is sampled: the first conversion of a call and then one
+        in CPU_SAMPLE_EVERY are timed, each counted CPU_SAMPLE_EVERY times; every conversion still
+        converts."""
+        from gateway.audio import CallerToModel  # noqa: PLC0415
+        from gateway.audio_path import CPU_SAMPLE_EVERY, _CpuSampler  # noqa: PLC0415
+
+        counter = _RecordingCounter()
+        sampler = _CpuSampler(counter)  # type: ignore[arg-type]
+        converter, reference = CallerToModel(), CallerToModel()
+        frame = tone_ulaw(20)
+        for _ in range(2 * CPU_SAMPLE_EVERY + 1):
+            assert sampler.convert(converter, frame) == reference.convert(frame)
+        assert len(counter.added) == 3
+        assert all(amount > 0 for amount in counter.added)

@@ -134,6 +134,8 @@ class TestSigterm:
         assert names.index("gateway.drain_incomplete") < names.index("call.ended")
         [ended] = [event for event in events if event["event"] == "call.ended"]
         assert ended["reason"] == "shutdown"
+        [loop] = [event for event in events if event["event"] == "gateway.event_loop"]
+        assert loop["loop"] == ("asyncio" if sys.platform == "win32" else "uvloop")
 
     async def test_a_second_signal_stops_at_once(self, gateway_process: Any) -> None:
         """A second SIGTERM during the drain cuts it short: the live call is hung up plainly (no

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from gateway.carriers.base import CarrierEvent, Dtmf, MarkEcho, Media, StreamStart, Unknown
 from gateway.errors import BadFrameReason, ProtocolError
@@ -68,6 +68,10 @@ class InboundFrames:
         self._idle_timeout_s = limits.idle_timeout_s
         self._loop = asyncio.get_running_loop()
         self._last_frame_at = self._loop.time()
+        # The idle watchdog (see _receive): one timer per idle period, not one per frame.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[object] | None = None  # the task in receive(), while it is there
+        self._expired = False
         self.started = started
         self.ended_by: EndedBy = "closed"
 
@@ -79,11 +83,10 @@ class InboundFrames:
 
         Raises TimeoutError when `idle_timeout_s` passes without a frame (pings and pongs are not
         frames: the deadline is absolute, where aiohttp's receive timeout would restart on each pong).
+        The idle check is a watchdog timer, not a timeout per receive: see `_receive`.
         """
         while True:
-            async with asyncio.timeout_at(self._last_frame_at + self._idle_timeout_s):
-                message = await self._ws.receive()
-            self._last_frame_at = self._loop.time()
+            message = await self._receive()
             if message.type in _CLOSED:
                 return None
             if message.type == WSMsgType.ERROR:
@@ -103,6 +106,46 @@ class InboundFrames:
             event = self._screen(message.data)
             if event is not None:
                 return event
+
+    async def _receive(self) -> WSMessage:
+        """The next message; TimeoutError once `idle_timeout_s` has passed since the last one.
+
+        `asyncio.timeout_at` around every receive would create, schedule and cancel a timer per frame
+        (50 a second per call). Instead a watchdog timer fires at the deadline; if a frame came in
+        since, it moves itself to the new deadline (once per idle period on a live socket), and if
+        not, it cancels the read, which is turned into TimeoutError here. It never cancels a task
+        that is not waiting in receive(): a deadline that passes while the task is busy elsewhere
+        is caught on the next call.
+        """
+        loop = self._loop
+        if loop.time() >= self._last_frame_at + self._idle_timeout_s:
+            raise TimeoutError
+        task = self._reader = asyncio.current_task()
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._last_frame_at + self._idle_timeout_s, self._check_idle)
+        try:
+            message = await self._ws.receive()
+        except asyncio.CancelledError:
+            if self._expired and task is not None:
+                self._expired = False
+                if task.uncancel() == 0:  # ours alone: anyone else's cancellation goes on
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._reader = None
+        self._last_frame_at = loop.time()
+        return message
+
+    def _check_idle(self) -> None:
+        self._watchdog = None
+        deadline = self._last_frame_at + self._idle_timeout_s
+        if self._loop.time() < deadline:
+            if self._reader is not None:
+                self._watchdog = self._loop.call_at(deadline, self._check_idle)
+            return  # not reading: the next _receive re-arms (or times out at once)
+        if self._reader is not None and not self._expired:
+            self._expired = True
+            self._reader.cancel()
 
     def _screen(self, text: str) -> CarrierEvent | None:
         try:

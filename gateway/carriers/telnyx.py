@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from gateway.carriers.base import (
     StreamStop,
     Unknown,
     dtmf_digit,
+    json_string,
     load_frame,
 )
 from gateway.config import TelnyxConfig
@@ -161,7 +161,7 @@ class TelnyxMediaCodec:
         return '{"event":"media","media":{"payload":"' + payload_b64 + '"}}'
 
     def mark(self, name: str) -> str:
-        return json.dumps({"event": "mark", "mark": {"name": name}})
+        return '{"event":"mark","mark":{"name":' + json_string(name) + "}}"
 
     def clear(self) -> str:
         return '{"event":"clear"}'

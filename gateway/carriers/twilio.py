@@ -25,6 +25,7 @@ from gateway.carriers.base import (
     StreamStop,
     Unknown,
     dtmf_digit,
+    json_string,
     load_frame,
 )
 from gateway.config import TwilioConfig
@@ -165,18 +166,20 @@ def _decode(frame: dict[str, Any], event: str) -> CarrierEvent:
 class TwilioMediaCodec:
     """Outbound frames for one stream; the streamSid is required on every one (§C.5)."""
 
-    __slots__ = ("_prefix", "stream_sid")
+    __slots__ = ("_mark_prefix", "_prefix", "stream_sid")
 
     def __init__(self, stream_sid: str) -> None:
         self.stream_sid = stream_sid
-        # The constant part of every media frame, serialised once per call rather than per frame.
-        self._prefix = '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
+        # The constant part of every media and mark frame, serialised once per call, not per frame.
+        sid = json.dumps(stream_sid)
+        self._prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
+        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
 
     def media(self, payload_b64: str) -> str:
         return self._prefix + payload_b64 + '"}}'
 
     def mark(self, name: str) -> str:
-        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        return self._mark_prefix + json_string(name) + "}}"
 
     def clear(self) -> str:
         return json.dumps({"event": "clear", "streamSid": self.stream_sid})
