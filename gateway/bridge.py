@@ -18,8 +18,7 @@ from aiohttp import web
 
 from gateway.accounting import CallAccounting
 from gateway.audio_path import AudioPath
-from gateway.carriers.base import Carrier, Dtmf, MarkEcho, Media, StreamStart, StreamStop
-from gateway.carriers.inbound import InboundFrames
+from gateway.carriers.base import Carrier, StreamStart
 from gateway.config import AnyAgentConfig
 from gateway.engines.base import (
     AudioDelta,
@@ -41,6 +40,7 @@ from gateway.frames import FrameAudit
 from gateway.reconnect import SessionKeeper
 from gateway.services import ANNOUNCED, END_PRIORITY, NO_HANGUP, EndReason, Services, carrier_format
 from gateway.transcripts import TranscriptWriter
+from gateway.uplink import read_caller
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -302,52 +302,16 @@ class CallBridge:
     # -- caller → model ---------------------------------------------------------------------------
 
     async def _uplink(self) -> EndReason:
-        try:
-            return await self._read_caller()
-        except TimeoutError:
-            # Carriers stream audio continuously, silence included: a silent socket is a dead one.
-            log.warning("carrier.timeout")
-            return "carrier_timeout"
-
-    async def _read_caller(self) -> EndReason:
-        features = self._features
-        assert features is not None
-        # Screens every frame (budget, decoding, order); what gets through is well formed.
-        frames = InboundFrames(
+        assert self._features is not None
+        return await read_caller(
             self._ws,
-            self.carrier.name,
-            self.carrier.decode,
-            self._services.config.server.limits,
-            self._bad_frames,
-            started=True,
+            self.carrier,
+            limits=self._services.config.server.limits,
+            bad_frames=self._bad_frames,
+            audio=self.audio,
+            session=lambda: self.session,
+            features=self._features,
         )
-        try:
-            while (event := await frames.next_event()) is not None:
-                if isinstance(event, Media):
-                    try:
-                        await self.audio.caller_audio(self.session, event.payload_b64)
-                    except ProtocolError as exc:  # not base64: dropped, never spliced into a model event
-                        frames.bad(exc.reason, str(exc))
-                elif isinstance(event, MarkEcho):
-                    self.audio.playback.marked(event.name)
-                    await features.on_progress()
-                elif isinstance(event, Dtmf):
-                    features.on_dtmf(event.digit)
-                elif isinstance(event, StreamStop):
-                    log.info("carrier.stop")
-                    return "caller_hangup"
-        finally:
-            self._bad_frames.flush()
-        if frames.ended_by == "heartbeat":
-            return "carrier_timeout"
-        if frames.ended_by == "flood":
-            await frames.close_flooded()  # stop reading the flood now, not after the hang-up
-        if frames.ended_by != "closed":
-            # Flooded past flood_timeout_s, or a message the socket had to be closed for: the caller
-            # may still be on the line, so the call is hung up at the carrier.
-            return "protocol_violation"
-        log.info("carrier.closed")
-        return "caller_hangup"
 
     # -- model → caller ---------------------------------------------------------------------------
 
