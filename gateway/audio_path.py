@@ -147,23 +147,41 @@ class AudioPath:
             await self.send(event.item_id, base64.b64encode(caller_audio).decode("ascii"), len(caller_audio))
         return True
 
-    async def send(self, item_id: str, payload_b64: str, nbytes: int) -> None:
-        """Write carrier-format audio, followed by a mark so its playback is confirmed."""
+    async def send(self, item_id: str, payload_b64: str, nbytes: int, *, mark: bool = False) -> None:
+        """Write carrier-format audio; a mark follows every MARK_EVERY_MS of it, or now if `mark`.
+
+        Audio of another item than the unmarked audio before it gets that audio's mark first, so a
+        mark always confirms a single item.
+        """
+        playback = self.playback
+        if playback.unmarked_item not in (None, item_id):
+            await self.confirm()
         await self._ws.send_str(self._codec.media(payload_b64))
-        await self._ws.send_str(self._codec.mark(self.playback.sent(item_id, nbytes)))
+        if playback.sent(item_id, nbytes) or mark:
+            await self.confirm()
         self.bytes_to_caller += nbytes
         if item_id != HOLD_ITEM:
             self.agent_audio_sent_at = time.monotonic()
             self.agent_audio_frames += 1
 
+    async def confirm(self) -> None:
+        """Mark the audio written since the last mark, if any: its echo says the caller heard it."""
+        name = self.playback.mark()
+        if name is not None:
+            await self._ws.send_str(self._codec.mark(name))
+
     async def flush(self, item_id: str | None) -> None:
-        """Emit what the outbound resampler holds back, so the end of a response is not cut off."""
-        if self._down is None or not self._down_dirty:
-            return
-        self._down_dirty = False
-        tail = self._down.flush()
-        if tail and item_id is not None and item_id not in self._interrupted:
-            await self.send(item_id, base64.b64encode(tail).decode("ascii"), len(tail))
+        """At the end of an item: emit what the resampler holds back, and mark all audio written.
+
+        The tail keeps the end of a response from being cut off; the mark is what `wait_spoken`
+        (end_call's goodbye, a transfer's "transferring you") and a later barge-in wait for.
+        """
+        if self._down is not None and self._down_dirty:
+            self._down_dirty = False
+            tail = self._down.flush()
+            if tail and item_id is not None and item_id not in self._interrupted:
+                await self.send(item_id, base64.b64encode(tail).decode("ascii"), len(tail))
+        await self.confirm()
 
     async def clear(self) -> None:
         await self._ws.send_str(self._codec.clear())

@@ -234,7 +234,9 @@ class CallFeatures:
         offset, nbytes = 0, HOLD_CHUNK_MS * 8
         while True:
             chunk, offset = loop_slice(clip, offset, nbytes)
-            await self._host.audio.send(HOLD_ITEM, base64.b64encode(chunk).decode("ascii"), len(chunk))
+            await self._host.audio.send(
+                HOLD_ITEM, base64.b64encode(chunk).decode("ascii"), len(chunk), mark=True
+            )
             # Paced at real time: the carrier plays what it gets, and `clear` must not have much to drop.
             await asyncio.sleep(HOLD_CHUNK_MS / 1000)
 

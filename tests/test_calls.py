@@ -34,7 +34,9 @@ class TestFullCall:
         await model.speak(agent_audio, chunk_bytes=800)
         await call.wait_audio(len(agent_audio))
         assert bytes(call.audio_out) == agent_audio
-        assert len(call.of_type("mark")) == len(call.of_type("media"))
+        # One mark per 200 ms of audio (7), and one for the last 100 ms when the item is done.
+        await call.wait_for("mark", count=8)
+        assert len(call.of_type("mark")) == 8
 
         await call.stop()
         await asyncio.wait_for(model.closed.wait(), 5)
@@ -151,6 +153,37 @@ class TestFirstMessage:
         assert model.of_type("response.create") == []
 
 
+class TestMarks:
+    async def test_one_mark_per_200_ms_and_one_at_the_end(self, start_gateway: StartGateway) -> None:
+        """Marks follow every 200 ms of agent audio written, not every frame, and the end of the item."""
+        gw = await start_gateway("ga", agent={"audio": "g711"})
+        call = await gw.twilio.call()
+        model = await gw.model.next_connection()
+        await model.response_created("resp_1")
+        for _ in range(25):  # 500 ms in 20 ms deltas
+            await model.audio_delta("resp_1", "item_a", tone_ulaw(20))
+        await call.wait_audio(500 * MS)
+        await call.wait_for("mark", count=2)
+        await model.audio_done("resp_1", "item_a")
+        await call.wait_for("mark", count=3)
+        events = [f["event"] for f in call.frames if f["event"] in ("media", "mark")]
+        assert [i for i, event in enumerate(events) if event == "mark"] == [10, 21, 27]
+
+    async def test_a_new_item_marks_the_previous_one_first(self, start_gateway: StartGateway) -> None:
+        """Audio of a new item is preceded by a mark for the previous item's unmarked audio, so one mark
+        never confirms audio of two items."""
+        gw = await start_gateway("ga", agent={"audio": "g711"})
+        call = await gw.twilio.call()
+        model = await gw.model.next_connection()
+        await model.response_created("resp_1")
+        await model.audio_delta("resp_1", "item_a", tone_ulaw(100))
+        await model.audio_delta("resp_1", "item_b", tone_ulaw(100))
+        await call.wait_audio(200 * MS)
+        await call.wait_for("mark", count=1)
+        events = [f["event"] for f in call.frames if f["event"] in ("media", "mark")]
+        assert events == ["media", "mark", "media"]
+
+
 class TestBargeIn:
     @pytest.mark.parametrize(("dialect", "audio"), [("ga", "g711"), ("beta", "g711"), ("ga", "pcm24k")])
     async def test_barge_in_clears_cancels_and_truncates_at_played_ms(
@@ -167,7 +200,9 @@ class TestBargeIn:
         else:
             for _ in range(10):
                 await model.audio_delta("resp_1", "item_a", tone_pcm24(100))
-        await call.wait_for("mark", count=10)
+        # One mark per 200 ms of audio written; the pcm24k resampler holds 5 ms back, so one fewer.
+        marks = 5 if audio == "g711" else 4
+        await call.wait_for("mark", count=marks)
         await call.play(300 * MS)  # the caller has heard 300 ms when they start talking
         await call.send_audio(tone_ulaw(20))  # frames are handled in order: the marks were seen first
         await model.wait_audio(1)
@@ -177,8 +212,9 @@ class TestBargeIn:
         await call.wait_for("clear")
         assert truncate["item_id"] == "item_a"
         assert truncate["content_index"] == 0
+        # What the last mark echoed confirms (g711: 200 ms): never more than the caller heard.
         assert truncate["audio_end_ms"] == call.played_bytes // MS
-        assert 250 <= truncate["audio_end_ms"] <= 300
+        assert 200 <= truncate["audio_end_ms"] <= 300
         assert len(model.of_type("response.cancel")) == 1
 
         # Audio of the interrupted item still in flight is dropped; the next response plays.
@@ -192,7 +228,7 @@ class TestBargeIn:
         await call.wait_audio(before + 1)
         await model.audio_done("resp_2", "item_b")
         await model.response_done("resp_2")
-        await call.wait_for("mark", count=11)
+        await call.wait_for("mark", count=marks + 1)  # item_b's 100 ms, marked when its audio is done
         if audio == "g711":
             assert bytes(call.audio_out[before:]) == fresh
 
@@ -202,7 +238,7 @@ class TestBargeIn:
         call = await gw.twilio.call()
         model = await gw.model.next_connection()
         await model.speak(tone_ulaw(200), chunk_bytes=800)
-        await call.wait_for("mark", count=2)
+        await call.wait_for("mark", count=1)
         await call.send_audio(tone_ulaw(20))
         await model.wait_audio(160)
         await model.speech_started()
@@ -220,7 +256,7 @@ class TestBargeIn:
         call = await gw.twilio.call(auto_play=False)
         model = await gw.model.next_connection()
         await model.speak(tone_ulaw(1000), chunk_bytes=800)
-        await call.wait_for("mark", count=10)
+        await call.wait_for("mark", count=5)
         await call.play(400 * MS)
         await call.send_audio(tone_ulaw(20))
         await model.wait_audio(160)

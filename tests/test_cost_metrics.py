@@ -60,7 +60,7 @@ async def scripted_call(gw: Gateway) -> tuple[FakeTwilioCall, FakeRealtimeConnec
     await model.transcription_completed(TRANSCRIPTION_USAGE)
     await model.response_created("resp_1")
     await model.audio_delta("resp_1", "item_1", tone_ulaw(100))
-    await call.wait_for("mark")
+    await call.wait_audio(800)
     await model.speech_started()  # the agent is still talking: a barge-in
     await call.wait_for("clear")
     await model.audio_done("resp_1", "item_1")

@@ -283,7 +283,8 @@ class TestUlawPassthrough:
             await speak(conn, agent_audio, chunk=800)
             await call.wait_audio(len(agent_audio))
             assert bytes(call.audio_out) == agent_audio
-            assert len(call.of_type("mark")) == len(call.of_type("media")) == 15
+            assert len(call.of_type("media")) == 15
+            assert len(call.of_type("mark")) >= 7  # one per 200 ms of audio
 
             await call.stop()
             await asyncio.wait_for(conn.closed.wait(), 5)
@@ -405,7 +406,8 @@ class TestTelnyxCall:
         await speak(conn, agent_audio, chunk=800)
         await call.wait_audio(len(expected_down))
         assert bytes(call.audio_out) == expected_down
-        assert len(call.of_type("mark")) == len(call.of_type("media")) == 12
+        assert len(call.of_type("media")) == 12
+        assert len(call.of_type("mark")) >= 6  # one per 200 ms of audio
 
         await call.stop()
         await asyncio.wait_for(conn.closed.wait(), 5)
@@ -490,7 +492,8 @@ class TestInterruption:
         await call.wait_audio(3200)
         assert bytes(call.audio_out) == b"".join(played) + b"\x44" * 800
         assert len(call.of_type("clear")) == 1
-        assert [f["event"] for f in call.frames[frames_at_clear - 1 :]] == ["clear", "media", "mark"]
+        # (its mark follows 200 ms of audio or the end of the item, neither of which has come yet)
+        assert [f["event"] for f in call.frames[frames_at_clear - 1 :]] == ["clear", "media"]
 
     async def test_interruption_drops_transcoded_audio_too(self, start_gateway: StartGateway) -> None:
         """With pcm_16000 output, audio from before the interruption never reaches the caller either,

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.playback import CARRIER_BYTES_PER_MS, PlaybackTracker
+from gateway.playback import CARRIER_BYTES_PER_MS, MARK_EVERY_MS, PlaybackTracker
 
 PCM24K_BYTES_PER_MS = 48  # PCM16 mono at 24 kHz
 ULAW_BYTES_PER_MS = 8
 FRAME = 160  # 20 ms of 8 kHz µ-law
 
 
+def sent_marked(tracker: PlaybackTracker, item_id: str, carrier_bytes: int) -> str:
+    """Write a chunk and mark it at once (the gateway marks less often; the tracker allows any spacing)."""
+    tracker.sent(item_id, carrier_bytes)
+    name = tracker.mark()
+    assert name is not None
+    return name
+
+
 def stream(tracker: PlaybackTracker, item_id: str, frames: int, model_bytes_per_frame: int) -> list[str]:
-    """Simulate the bridge: each 20 ms model chunk is received, sent to the carrier and marked."""
+    """Each 20 ms model chunk is received, sent to the carrier and marked."""
     marks = []
     for _ in range(frames):
         tracker.received(item_id, model_bytes_per_frame)
-        marks.append(tracker.sent(item_id, FRAME))
+        marks.append(sent_marked(tracker, item_id, FRAME))
     return marks
 
 
@@ -85,8 +93,8 @@ class TestMarkBookkeeping:
         """Played bytes are summed exactly over chunks of any size (e.g. a resampler flush tail)."""
         tracker = PlaybackTracker(model_bytes_per_ms=ULAW_BYTES_PER_MS)
         tracker.received("item_a", 2000)
-        tracker.marked(tracker.sent("item_a", 800))
-        tracker.marked(tracker.sent("item_a", 328))
+        tracker.marked(sent_marked(tracker, "item_a", 800))
+        tracker.marked(sent_marked(tracker, "item_a", 328))
         tracker.sent("item_a", 872)
         assert tracker.interrupt() == ("item_a", 141)  # 1128 bytes played = 141 ms
 
@@ -120,14 +128,14 @@ class TestInterrupt:
         """Audio received but not yet forwarded to the carrier is not counted as played."""
         tracker = PlaybackTracker(model_bytes_per_ms=PCM24K_BYTES_PER_MS)
         tracker.received("item_a", 1000 * PCM24K_BYTES_PER_MS)
-        tracker.marked(tracker.sent("item_a", 400))
+        tracker.marked(sent_marked(tracker, "item_a", 400))
         assert tracker.interrupt() == ("item_a", 50)
 
     def test_rounds_down(self) -> None:
         """A partial millisecond played is not counted: never claim more than was heard."""
         tracker = PlaybackTracker(model_bytes_per_ms=ULAW_BYTES_PER_MS)
         tracker.received("item_a", 1000)
-        tracker.marked(tracker.sent("item_a", 167))
+        tracker.marked(sent_marked(tracker, "item_a", 167))
         assert tracker.interrupt() == ("item_a", 20)
 
     @pytest.mark.parametrize(
@@ -146,7 +154,7 @@ class TestInterrupt:
         audio_end_ms is capped at the model's own whole milliseconds for the item."""
         tracker = PlaybackTracker(model_bytes_per_ms=model_bytes_per_ms)
         tracker.received("item_a", model_bytes)
-        tracker.marked(tracker.sent("item_a", 8 * 120))  # 120 ms played
+        tracker.marked(sent_marked(tracker, "item_a", 8 * 120))  # 120 ms played
         assert tracker.interrupt() == ("item_a", model_ms)
 
     def test_cap_accumulates_model_bytes(self) -> None:
@@ -154,7 +162,7 @@ class TestInterrupt:
         tracker = PlaybackTracker(model_bytes_per_ms=PCM24K_BYTES_PER_MS)
         for _ in range(5):
             tracker.received("item_a", 10 * PCM24K_BYTES_PER_MS)
-        tracker.marked(tracker.sent("item_a", 8 * 70))
+        tracker.marked(sent_marked(tracker, "item_a", 8 * 70))
         assert tracker.interrupt() == ("item_a", 50)
 
     def test_finished_and_fully_played(self) -> None:
@@ -277,3 +285,60 @@ class TestSuccessiveItems:
         assert len(tracker._items) <= 2
         assert tracker.pending_marks() == 0
         assert tracker.interrupt() is None
+
+
+class TestMarkSpacing:
+    def test_a_mark_is_due_every_mark_every_ms(self) -> None:
+        """sent() asks for a mark only once MARK_EVERY_MS of audio is unmarked: every 10th 20 ms frame."""
+        tracker = PlaybackTracker()
+        due = []
+        for _ in range(30):
+            if tracker.sent("item_a", FRAME):
+                due.append(tracker.mark())
+        assert MARK_EVERY_MS == 200
+        assert len(due) == 3
+        assert tracker.pending_marks() == 3
+
+    def test_mark_covers_all_unmarked_audio(self) -> None:
+        """One mark confirms every byte written before it, however many sends that was."""
+        tracker = PlaybackTracker(model_bytes_per_ms=ULAW_BYTES_PER_MS)
+        tracker.received("item_a", 7 * FRAME)
+        for _ in range(7):
+            tracker.sent("item_a", FRAME)
+        name = tracker.mark()
+        assert name is not None
+        tracker.marked(name)
+        assert tracker.interrupt() == ("item_a", 140)
+
+    def test_nothing_to_mark(self) -> None:
+        """With no audio written since the last mark there is no mark to send."""
+        tracker = PlaybackTracker()
+        assert tracker.mark() is None
+        tracker.sent("item_a", FRAME)
+        assert tracker.unmarked_item == "item_a"
+        assert tracker.mark() is not None
+        assert tracker.unmarked_item is None
+        assert tracker.mark() is None
+
+    def test_truncation_never_passes_the_last_echo(self) -> None:
+        """Between marks, barge-in truncates at the last confirmed mark, however much more was sent:
+        the caller may have heard more, but the model is never told they heard what they did not."""
+        tracker = PlaybackTracker(model_bytes_per_ms=ULAW_BYTES_PER_MS)
+        names = []
+        for _ in range(25):  # 500 ms in 20 ms frames: marks at 200 and 400 ms
+            tracker.received("item_a", FRAME)
+            if tracker.sent("item_a", FRAME):
+                names.append(tracker.mark())
+        assert len(names) == 2
+        assert names[0] is not None
+        tracker.marked(names[0])
+        assert tracker.interrupt() == ("item_a", 200)
+
+    def test_interrupt_forgets_unmarked_audio(self) -> None:
+        """Audio written but not yet marked when the caller interrupts is dropped by the `clear`:
+        no mark is owed for it afterwards."""
+        tracker = PlaybackTracker()
+        tracker.sent("item_a", FRAME)
+        tracker.interrupt()
+        assert tracker.unmarked_item is None
+        assert tracker.mark() is None

@@ -28,6 +28,8 @@ import gateway.features
 from gateway.audio import pcm16_to_alaw, pcm16_to_ulaw
 from gateway.engines.elevenlabs import AUDIO_IDLE_FLUSH_S
 from gateway.features import IDLE_GOODBYE
+from gateway.playback import CARRIER_BYTES_PER_MS as MS
+from gateway.playback import MARK_EVERY_MS
 from gateway.tools import MAX_OUTPUT_CHARS
 from tests.conftest import Gateway, StartGateway, free_port
 from tests.fakes.elevenlabs import FakeElevenLabsConnection
@@ -406,10 +408,11 @@ class TestToolErrors:
 
 async def speak_goodbye(model: FakeRealtimeConnection, call: FakeTwilioCall) -> None:
     """The agent's answer to the tool output: a whole response whose audio reaches the caller."""
-    before = len(call.audio_out)
+    before, marks_before = len(call.audio_out), len(call.of_type("mark"))
     await model.speak(GOODBYE, chunk_bytes=800, response_id="resp_2", item_id="item_2")
     await call.wait_audio(before + len(GOODBYE))
-    await call.wait_for("mark", count=len(call.of_type("media")))
+    # All audio before it was marked; the goodbye gets one mark per 200 ms, the last at its end.
+    await call.wait_for("mark", count=marks_before + -(-len(GOODBYE) // (MARK_EVERY_MS * MS)))
 
 
 class TestTransfer:
