@@ -11,7 +11,9 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
@@ -301,11 +303,49 @@ class TestHeartbeat:
         call_sid = "CA" + "6" * 32
         _, body = await gw.twilio.webhook(call_sid=call_sid)
         url, params = gw.twilio.parse_stream(body)
-        await gw.twilio.open_stream(url, params, call_sid=call_sid, autoping=False)
-        await gw.model.next_connection()
-        await gw.twilio_api.wait_hangup(call_sid)
-        await all_calls_over(gw)
+        with capture_logs() as logs:
+            await gw.twilio.open_stream(url, params, call_sid=call_sid, autoping=False)
+            await gw.model.next_connection()
+            await gw.twilio_api.wait_hangup(call_sid)
+            await all_calls_over(gw)
         assert ended(gw, "twilio", "carrier_timeout") == 1
+        assert "carrier.heartbeat_timeout" in [entry["event"] for entry in logs]
+
+    async def test_a_quiet_peer_that_answers_pings_is_kept_until_the_idle_timeout(
+        self, start_gateway: StartGateway
+    ) -> None:
+        """Pongs keep the heartbeat happy (no heartbeat_timeout across several pings), but they are
+        not frames: the silent socket still ends at idle_timeout_s."""
+        gw = await start_gateway(server=server(heartbeat_s=1, idle_timeout_s=3.5))
+        with capture_logs() as logs:
+            call = await gw.twilio.call()  # the fake answers pings (aiohttp's autoping)
+            await gw.model.next_connection()
+            await gw.twilio_api.wait_hangup(call.call_sid)
+            await all_calls_over(gw)
+        events = [entry["event"] for entry in logs]
+        assert "carrier.timeout" in events
+        assert "carrier.heartbeat_timeout" not in events
+        assert ended(gw, "twilio", "carrier_timeout") == 1
+
+    async def test_the_gateway_answers_a_carriers_ping(self, start_gateway: StartGateway) -> None:
+        """A ping from the carrier gets a pong with the same payload, and is no frame: nothing is
+        counted as a bad frame (the gateway, not aiohttp, answers pings on media sockets)."""
+        gw = await start_gateway()
+        _, body = await gw.twilio.webhook()
+        url, _ = gw.twilio.parse_stream(body)
+        ws = await gw.twilio.http.ws_connect(
+            gw.twilio.gateway_url.replace("http", "ws", 1) + urlsplit(url).path,
+            headers={"X-Twilio-Signature": gw.twilio.validator.compute_signature(url, {})},
+            autoping=False,
+        )
+        try:
+            await ws.ping(b"are-you-there")
+            message = await asyncio.wait_for(ws.receive(), 5)
+            assert message.type == aiohttp.WSMsgType.PONG
+            assert message.data == b"are-you-there"
+        finally:
+            await ws.close()
+        assert bad_frames(gw) == {}
 
 
 def model_garbage(conn: FakeRealtimeConnection) -> list[Callable[[], Awaitable[None]]]:
