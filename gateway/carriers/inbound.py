@@ -10,7 +10,6 @@ what ends the socket is reported in `ended_by`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,18 +31,16 @@ FLOOD_CLOSE_MESSAGE = "frame rate limit exceeded"
 
 
 def media_socket_response(limits: LimitsConfig) -> web.WebSocketResponse:
-    """A carrier media socket with the configured size limit; pings and pongs are InboundFrames'.
+    """A carrier media socket with the configured size limit and heartbeat.
 
-    The heartbeat (`limits.heartbeat_s`: ping a socket quiet for that long, and give up on it if
-    nothing comes back within half of it; RFC 6455 requires a pong, Twilio and Telnyx do not
-    document otherwise) is not aiohttp's `heartbeat=`, which reschedules its timer on every
-    received chunk (about 2 % of the gateway's CPU with 50 frames a second per call); InboundFrames'
-    idle watchdog does it with one timer per quiet period. So aiohttp's autoping is off too, to let
-    pongs through to the watchdog; InboundFrames answers pings itself.
+    aiohttp resets the heartbeat on every frame received, so a streaming carrier (50 frames a
+    second) is never pinged; a quiet one is, and must answer within half the interval (RFC 6455
+    requires a pong; Twilio and Telnyx do not document otherwise). The idle timeout is not aiohttp's
+    `receive_timeout`, which every pong restarts: InboundFrames keeps it from the last real frame.
     """
     return web.WebSocketResponse(
         max_msg_size=limits.max_message_bytes,
-        autoping=False,
+        heartbeat=limits.heartbeat_s,
         # permessage-deflate is declined (RFC 7692 lets a server): frames are a few hundred bytes, and
         # inflating every one would cost CPU for nothing.
         compress=False,
@@ -69,16 +66,12 @@ class InboundFrames:
         self._budget = FrameBudget(limits.frames_per_s, limits.frame_burst, limits.flood_timeout_s)
         self._audit = audit
         self._idle_timeout_s = limits.idle_timeout_s
-        self._heartbeat_s = limits.heartbeat_s
         self._loop = asyncio.get_running_loop()
         self._last_frame_at = self._loop.time()
-        self._last_message_at = self._last_frame_at  # frames, pings and pongs: any sign of life
-        self._ping_sent_at: float | None = None  # while a heartbeat ping waits for an answer
-        self._pinging: asyncio.Task[None] | None = None
         # The idle watchdog (see _receive): one timer per idle period, not one per frame.
         self._watchdog: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[object] | None = None  # the task in receive(), while it is there
-        self._expired: Literal["idle", "heartbeat"] | None = None
+        self._expired = False
         self.started = started
         self.ended_by: EndedBy = "closed"
 
@@ -94,16 +87,6 @@ class InboundFrames:
         """
         while True:
             message = await self._receive()
-            if message is None:
-                log.warning("carrier.heartbeat_timeout", source=self.source)
-                self.ended_by = "heartbeat"
-                self._abort()
-                return None
-            if message.type == WSMsgType.PING:
-                await self._ws.pong(message.data)  # not a frame: no token, no idle reset
-                continue
-            if message.type == WSMsgType.PONG:
-                continue
             if message.type in _CLOSED:
                 return None
             if message.type == WSMsgType.ERROR:
@@ -124,86 +107,45 @@ class InboundFrames:
             if event is not None:
                 return event
 
-    async def _receive(self) -> WSMessage | None:
-        """The next message (pings and pongs included); None once a heartbeat ping went unanswered.
+    async def _receive(self) -> WSMessage:
+        """The next message; TimeoutError once `idle_timeout_s` has passed since the last one.
 
-        Raises TimeoutError once `idle_timeout_s` has passed since the last frame.
         `asyncio.timeout_at` around every receive would create, schedule and cancel a timer per frame
-        (50 a second per call). Instead a watchdog timer fires at the next deadline (idle timeout,
-        heartbeat ping, pong wait); if a message came in since, it moves itself to the new deadline
-        (about once per quiet period on a live socket), and if not, it acts: sends the ping, or
-        cancels the read, which is turned into TimeoutError (idle) or None (no pong) here. It never
-        cancels a task that is not waiting in receive(): a deadline that passes while the task is
-        busy elsewhere is caught on the next call.
+        (50 a second per call). Instead a watchdog timer fires at the deadline; if a frame came in
+        since, it moves itself to the new deadline (once per idle period on a live socket), and if
+        not, it cancels the read, which is turned into TimeoutError here. It never cancels a task
+        that is not waiting in receive(): a deadline that passes while the task is busy elsewhere
+        is caught on the next call.
         """
         loop = self._loop
         if loop.time() >= self._last_frame_at + self._idle_timeout_s:
             raise TimeoutError
-        if self._expired == "heartbeat":
-            return None
         task = self._reader = asyncio.current_task()
         if self._watchdog is None:
-            self._watchdog = loop.call_at(self._next_deadline(), self._check_idle)
+            self._watchdog = loop.call_at(self._last_frame_at + self._idle_timeout_s, self._check_idle)
         try:
             message = await self._ws.receive()
         except asyncio.CancelledError:
-            expired, self._expired = self._expired, None
-            if expired is not None and task is not None and task.uncancel() == 0:
-                # Ours alone: anyone else's cancellation goes on.
-                if expired == "idle":
+            if self._expired and task is not None:
+                self._expired = False
+                if task.uncancel() == 0:  # ours alone: anyone else's cancellation goes on
                     raise TimeoutError from None
-                self._expired = "heartbeat"
-                return None
             raise
         finally:
             self._reader = None
-        now = self._last_message_at = loop.time()
-        self._ping_sent_at = None
-        if message.type is not WSMsgType.PING and message.type is not WSMsgType.PONG:
-            self._last_frame_at = now
+        self._last_frame_at = loop.time()
         return message
-
-    def _next_deadline(self) -> float:
-        idle = self._last_frame_at + self._idle_timeout_s
-        if self._heartbeat_s is None:
-            return idle
-        if self._ping_sent_at is not None:
-            return min(idle, self._ping_sent_at + self._heartbeat_s / 2)
-        return min(idle, self._last_message_at + self._heartbeat_s)
 
     def _check_idle(self) -> None:
         self._watchdog = None
-        now = self._loop.time()
-        if now >= self._last_frame_at + self._idle_timeout_s:
-            self._expire("idle")
-            return
-        heartbeat_s = self._heartbeat_s
-        if heartbeat_s is not None:
-            if self._ping_sent_at is not None:
-                if now >= self._ping_sent_at + heartbeat_s / 2:
-                    self._expire("heartbeat")
-                    return
-            elif now >= self._last_message_at + heartbeat_s and self._reader is not None:
-                self._ping_sent_at = now
-                self._pinging = self._loop.create_task(self._ping())
-        if self._reader is not None:
-            self._watchdog = self._loop.call_at(self._next_deadline(), self._check_idle)
-        # else not reading: the next _receive re-arms (or times out at once)
-
-    def _expire(self, why: Literal["idle", "heartbeat"]) -> None:
-        if self._reader is not None and self._expired is None:
-            self._expired = why
+        deadline = self._last_frame_at + self._idle_timeout_s
+        if self._loop.time() < deadline:
+            if self._reader is not None:
+                self._watchdog = self._loop.call_at(deadline, self._check_idle)
+            return  # not reading: the next _receive re-arms (or times out at once)
+        if self._reader is not None and not self._expired:
+            self._expired = True
             self._reader.cancel()
-
-    async def _ping(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):  # a socket going away answers no ping
-            await self._ws.ping()
-
-    def _abort(self) -> None:
-        """Drop a peer that stopped answering: no close handshake, which it would not answer either."""
-        transport = self._ws.get_extra_info("transport")
-        if transport is not None:
-            transport.abort()
 
     def _screen(self, text: str) -> CarrierEvent | None:
         try:
