@@ -24,7 +24,7 @@ MAX_OUTPUT_CHARS = 16_000  # a webhook's answer goes into the model's context: k
 
 @dataclass(frozen=True, slots=True)
 class EndCall:
-    pass
+    """The `end_call` built-in: it takes no arguments and needs no configuration."""
 
 
 @dataclass(frozen=True, slots=True)

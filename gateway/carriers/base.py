@@ -41,12 +41,12 @@ class Dtmf:
 
 @dataclass(frozen=True, slots=True)
 class StreamStop:
-    pass
+    """The carrier ended the stream (the caller hung up, or the call moved on): no fields."""
 
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    pass
+    """The socket's first frame, before `start`: it carries nothing the bridge uses."""
 
 
 @dataclass(frozen=True, slots=True)
