@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
+from gateway import fastws
 from gateway.audio import AudioFormat, Converter, ResampleQuality, b64_decoded_len
 from gateway.carriers.base import MediaCodec
 from gateway.engines.base import AudioDelta, EngineSession
@@ -75,6 +76,7 @@ class AudioPath:
         metrics: GatewayMetrics,
     ) -> None:
         self._ws = ws
+        self._direct = fastws.writer(ws)
         self._codec = codec
         self.carrier_format = carrier_format
         self._up: Converter | None = None
@@ -109,43 +111,117 @@ class AudioPath:
 
     # -- caller → model ---------------------------------------------------------------------------
 
-    async def caller_audio(self, session: EngineSession, payload_b64: str) -> None:
-        """Forward one media payload; ProtocolError (`bad_base64`, nothing sent) if it is not base64."""
+    def caller_payload(self, payload_b64: str) -> str | None:
+        """What to send the model for one media payload (None: nothing yet, the converter holds it).
+
+        Raises ProtocolError (`bad_base64`, nothing converted) if it is not base64.
+        """
         if self._up is None:
             if not _is_base64(payload_b64):
                 raise ProtocolError("media payload is not base64", reason="bad_base64")
             self.bytes_from_caller += b64_decoded_len(payload_b64)
-            await session.send_audio(payload_b64)
-            return
+            return payload_b64
         caller_audio = _decode_base64(payload_b64, "media payload")
         self.bytes_from_caller += len(caller_audio)
         model_audio = self._cpu_up.convert(self._up, caller_audio)
-        if model_audio:
-            await session.send_audio(base64.b64encode(model_audio).decode("ascii"))
+        return base64.b64encode(model_audio).decode("ascii") if model_audio else None
+
+    async def caller_audio(self, session: EngineSession, payload_b64: str) -> None:
+        """Forward one media payload; ProtocolError (`bad_base64`, nothing sent) if it is not base64."""
+        audio = self.caller_payload(payload_b64)
+        if audio is not None:
+            await session.send_audio(audio)
+
+    def caller_audio_now(self, session: EngineSession, payload_b64: str) -> bool:
+        """Forward one media payload without waiting, if the session can take it now and it is
+        base64; False: nothing done (the frame takes the ordinary path and is judged there)."""
+        write = session.audio_writer()
+        if write is None:
+            return False
+        try:
+            audio = self.caller_payload(payload_b64)
+        except ProtocolError:
+            return False
+        if audio is not None:
+            write(audio)
+        return True
 
     # -- model → caller ---------------------------------------------------------------------------
+
+    def _model_frames(self, event: AudioDelta) -> list[str] | None:
+        """The carrier frames for one model delta; None when the caller interrupted its response.
+
+        Raises ProtocolError (`bad_base64`, nothing changed) for a delta that is not base64.
+        """
+        if event.item_id in self._interrupted:
+            return None  # audio of a response the caller interrupted, still in flight from the model
+        if self._down is None:
+            if not _is_base64(event.audio_b64):
+                raise ProtocolError("audio delta is not base64", reason="bad_base64")
+            nbytes = b64_decoded_len(event.audio_b64)
+            self.playback.received(event.item_id, nbytes)
+            return self._frames(event.item_id, event.audio_b64, nbytes)
+        model_audio = _decode_base64(event.audio_b64, "audio delta")
+        self.playback.received(event.item_id, len(model_audio))
+        caller_audio = self._cpu_down.convert(self._down, model_audio)
+        self._down_dirty = True
+        if not caller_audio:
+            return []
+        return self._frames(event.item_id, base64.b64encode(caller_audio).decode("ascii"), len(caller_audio))
 
     async def model_audio(self, event: AudioDelta) -> bool:
         """Forward one model audio delta; False when it was dropped because the caller interrupted it.
 
         Raises ProtocolError (`bad_base64`, nothing sent) for a delta that is not base64.
         """
-        if event.item_id in self._interrupted:
-            return False  # audio of a response the caller interrupted, still in flight from the model
-        if self._down is None:
-            if not _is_base64(event.audio_b64):
-                raise ProtocolError("audio delta is not base64", reason="bad_base64")
-            nbytes = b64_decoded_len(event.audio_b64)
-            self.playback.received(event.item_id, nbytes)
-            await self.send(event.item_id, event.audio_b64, nbytes)
-            return True
-        model_audio = _decode_base64(event.audio_b64, "audio delta")
-        self.playback.received(event.item_id, len(model_audio))
-        caller_audio = self._cpu_down.convert(self._down, model_audio)
-        self._down_dirty = True
-        if caller_audio:
-            await self.send(event.item_id, base64.b64encode(caller_audio).decode("ascii"), len(caller_audio))
+        frames = self._model_frames(event)
+        if frames is None:
+            return False
+        await self._write(frames)
         return True
+
+    def model_audio_now(self, event: AudioDelta) -> bool | None:
+        """`model_audio` without waiting: None (nothing done) when the carrier socket cannot take
+        frames now; otherwise what `model_audio` returns. Raises ProtocolError like it."""
+        direct = self._direct
+        if direct is None or not direct.ready():
+            return None
+        frames = self._model_frames(event)
+        if frames is None:
+            return False
+        if frames:
+            direct.write(frames)
+        return True
+
+    def _frames(self, item_id: str, payload_b64: str, nbytes: int, *, mark: bool = False) -> list[str]:
+        """A media frame of carrier-format audio, with the marks due around it (see `send`)."""
+        playback = self.playback
+        frames: list[str] = []
+        if playback.unmarked_item not in (None, item_id):
+            self._mark_into(frames)
+        frames.append(self._codec.media(payload_b64))
+        if playback.sent(item_id, nbytes) or mark:
+            self._mark_into(frames)
+        self.bytes_to_caller += nbytes
+        if item_id != HOLD_ITEM:
+            self.agent_audio_sent_at = time.monotonic()
+            self.agent_audio_frames += 1
+        return frames
+
+    def _mark_into(self, frames: list[str]) -> None:
+        name = self.playback.mark()
+        if name is not None:
+            frames.append(self._codec.mark(name))
+
+    async def _write(self, frames: list[str]) -> None:
+        # One system call for a media frame and its mark when the socket takes them at once;
+        # aiohttp's send_str (which waits for a slow peer) otherwise.
+        direct = self._direct
+        if direct is not None and direct.ready():
+            direct.write(frames)
+            return
+        for frame in frames:
+            await self._ws.send_str(frame)
 
     async def send(self, item_id: str, payload_b64: str, nbytes: int, *, mark: bool = False) -> None:
         """Write carrier-format audio; a mark follows every MARK_EVERY_MS of it, or now if `mark`.
@@ -153,22 +229,14 @@ class AudioPath:
         Audio of another item than the unmarked audio before it gets that audio's mark first, so a
         mark always confirms a single item.
         """
-        playback = self.playback
-        if playback.unmarked_item not in (None, item_id):
-            await self.confirm()
-        await self._ws.send_str(self._codec.media(payload_b64))
-        if playback.sent(item_id, nbytes) or mark:
-            await self.confirm()
-        self.bytes_to_caller += nbytes
-        if item_id != HOLD_ITEM:
-            self.agent_audio_sent_at = time.monotonic()
-            self.agent_audio_frames += 1
+        await self._write(self._frames(item_id, payload_b64, nbytes, mark=mark))
 
     async def confirm(self) -> None:
         """Mark the audio written since the last mark, if any: its echo says the caller heard it."""
-        name = self.playback.mark()
-        if name is not None:
-            await self._ws.send_str(self._codec.mark(name))
+        frames: list[str] = []
+        self._mark_into(frames)
+        if frames:
+            await self._write(frames)
 
     async def flush(self, item_id: str | None) -> None:
         """At the end of an item: emit what the resampler holds back, and mark all audio written.
@@ -184,7 +252,7 @@ class AudioPath:
         await self.confirm()
 
     async def clear(self) -> None:
-        await self._ws.send_str(self._codec.clear())
+        await self._write([self._codec.clear()])
 
     def interrupt(self) -> tuple[str, int] | None:
         """On barge-in: forget queued playback; returns (item, audio_end_ms) to truncate, if any.

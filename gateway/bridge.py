@@ -327,6 +327,7 @@ class CallBridge:
     async def _read_model(self, session: EngineSession) -> None:
         accounting, features = self._accounting, self._features
         assert accounting is not None and features is not None
+        session.tap_audio(lambda event: self._model_audio_now(session, event))
         async for event in session.events():
             if session is not self._session:
                 break  # a late event of a session already handed off
@@ -367,6 +368,23 @@ class CallBridge:
             elif isinstance(event, BadFrame):
                 # Malformed or unknown model events: counted, logged at a bounded rate, skipped.
                 self._bad_frames.bad("engine", self._agent.engine, event.reason, event.detail)
+
+    def _model_audio_now(self, session: EngineSession, event: AudioDelta) -> bool:
+        """An audio delta handled as it arrives (see EngineSession.tap_audio): what `_read_model`
+        does with one, without waiting. False: not now (it comes out of `events()` instead)."""
+        if session is not self._session:
+            return False
+        try:
+            sent = self.audio.model_audio_now(event)
+        except ProtocolError:
+            return False  # counted by _read_model
+        if sent is None:
+            return False
+        self._keeper.observe(session, event)
+        if sent:
+            assert self._accounting is not None
+            self._accounting.agent_audio_sent()
+        return True
 
     async def _barge_in(self, session: EngineSession) -> None:
         assert self._accounting is not None and self._features is not None

@@ -74,14 +74,19 @@ class FrameBudget:
         self.dropped = 0
         self.flooding = False
 
-    def admit(self) -> bool:
-        """True when the frame may be processed; False when it must be dropped."""
+    def admit(self, *, tentative: bool = False) -> bool:
+        """True when the frame may be processed; False when it must be dropped.
+
+        `tentative`: a refusal is not counted as a drop (the frame goes on to a full `admit()`).
+        """
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
+        if tentative:
+            return False
         self.dropped += 1
         if self._last_drop is None or now - self._last_drop > FLOOD_GAP_S:
             self._flood_since = now  # a new flood (or a burst) begins
@@ -89,6 +94,10 @@ class FrameBudget:
         if now - self._flood_since >= self._flood_timeout_s:
             self.flooding = True
         return False
+
+    def refund(self) -> None:
+        """Give back the token of a frame admitted but not processed (it is admitted again later)."""
+        self._tokens = min(self._burst, self._tokens + 1.0)
 
 
 @dataclass(slots=True)

@@ -8,13 +8,13 @@ caller typed is still meant; agent prompts (check-ins, goodbyes) are dropped, th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import structlog
 
 from gateway.audio import b64_decoded_len
-from gateway.engines.base import EngineEvent, EngineSession, Turn
+from gateway.engines.base import AudioDelta, EngineEvent, EngineSession, Turn
 
 log = structlog.get_logger("gateway.reconnect")
 
@@ -48,6 +48,15 @@ class GapSession:
 
     async def send_audio(self, audio_b64: str) -> None:
         self.dropped_audio_bytes += b64_decoded_len(audio_b64)
+
+    def audio_writer(self) -> Callable[[str], None] | None:
+        """None: gap audio takes the ordinary path, so audio read after the new session is installed
+        reaches it, however close the two are."""
+        return None
+
+    def tap_audio(self, take: Callable[[AudioDelta], bool]) -> bool:
+        """No model, no deltas."""
+        return False
 
     async def cancel_response(self) -> None:
         """No response to cancel."""

@@ -37,6 +37,9 @@ async def read_caller(
 ) -> EndReason:
     """Read caller frames until the carrier stops, closes, goes silent or misbehaves; why it ended."""
     frames = InboundFrames(ws, carrier.name, carrier.decode, limits, bad_frames, started=True)
+    # Media is forwarded as it arrives where the sockets allow (gateway.fastws); what is left, and
+    # every frame when they do not, is handled below in order.
+    frames.tap_media(lambda media: audio.caller_audio_now(session(), media.payload_b64))
     try:
         while (event := await frames.next_event()) is not None:
             if isinstance(event, Media):
@@ -57,6 +60,7 @@ async def read_caller(
         log.warning("carrier.timeout")
         return "carrier_timeout"
     finally:
+        frames.untap()
         bad_frames.flush()
     if frames.ended_by == "heartbeat":
         return "carrier_timeout"

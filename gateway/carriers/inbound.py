@@ -16,6 +16,7 @@ from typing import Literal
 import structlog
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
+from gateway import fastws
 from gateway.carriers.base import CarrierEvent, Dtmf, MarkEcho, Media, StreamStart, Unknown
 from gateway.errors import BadFrameReason, ProtocolError
 from gateway.frames import FrameAudit, FrameBudget, safe_name, socket_error_reason
@@ -74,6 +75,37 @@ class InboundFrames:
         self._expired = False
         self.started = started
         self.ended_by: EndedBy = "closed"
+        self.tap: fastws.FrameTap | None = None
+
+    def tap_media(self, take: Callable[[Media], bool]) -> bool:
+        """Hand well-formed media frames to `take` as they arrive (see gateway.fastws), when it
+        returns True; every other frame, and media `take` declines, comes out of `next_event()`.
+
+        Media taken this way has paid its token and counts as a frame for the idle timeout. False
+        when aiohttp's internals do not allow it: everything then comes out of `next_event()`.
+        """
+        decode, budget, loop = self._decode, self._budget, self._loop
+
+        def offer(text: str) -> bool:
+            try:
+                event = decode(text)
+            except ProtocolError:
+                return False  # counted by next_event(), like any bad frame
+            if type(event) is not Media or not self.started or not budget.admit(tentative=True):
+                return False
+            if not take(event):
+                budget.refund()  # next_event() charges it
+                return False
+            self._last_frame_at = loop.time()
+            return True
+
+        self.tap = fastws.tap(self._ws, offer)
+        return self.tap is not None
+
+    def untap(self) -> None:
+        """Stop offering frames (the owner's state is going away); they all reach next_event()."""
+        if self.tap is not None:
+            self.tap.handler = None
 
     def bad(self, reason: BadFrameReason, detail: str = "") -> None:
         self._audit.bad("carrier", self.source, reason, detail)
@@ -124,7 +156,7 @@ class InboundFrames:
         if self._watchdog is None:
             self._watchdog = loop.call_at(self._last_frame_at + self._idle_timeout_s, self._check_idle)
         try:
-            message = await self._ws.receive()
+            message = await fastws.receive(self._ws, self.tap)
         except asyncio.CancelledError:
             if self._expired and task is not None:
                 self._expired = False

@@ -8,7 +8,7 @@ never decodes a payload.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -172,6 +172,14 @@ class EngineSession(Protocol):
         the agent speaks at once, following them."""
 
     async def send_audio(self, audio_b64: str) -> None: ...
+
+    def audio_writer(self) -> Callable[[str], None] | None:
+        """A function that sends one audio chunk at once, like `send_audio` without waiting; None
+        when the socket cannot take it now (closing, or the model is behind): use `send_audio`."""
+
+    def tap_audio(self, take: Callable[[AudioDelta], bool]) -> bool:
+        """Offer audio deltas to `take` as they arrive, ahead of `events()` (which yields those it
+        declines, in order). False when this session cannot (its deltas all come from `events()`)."""
 
     async def cancel_response(self) -> None:
         """Stop the response in progress (barge-in)."""

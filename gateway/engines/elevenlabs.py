@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
 import structlog
 from yarl import URL
 
+from gateway import fastws
 from gateway.audio import ULAW_8K, AudioFormat
 from gateway.config import ElevenLabsAgentConfig, ElevenLabsConfig
 from gateway.engines.base import (
@@ -102,6 +103,7 @@ class ElevenLabsSession:
         self._audio_open = False
         self._flush_at = 0.0  # loop time at which an open turn without new audio is over
         self._chunk_prefix = '{"user_audio_chunk":"'
+        self._direct = fastws.writer(ws)
 
     async def _send(self, event: dict[str, Any]) -> None:
         await self._send_text(json.dumps(event))
@@ -183,6 +185,18 @@ class ElevenLabsSession:
 
     async def send_audio(self, audio_b64: str) -> None:
         await self._send_text(self._chunk_prefix + audio_b64 + '"}')
+
+    def audio_writer(self) -> Callable[[str], None] | None:
+        direct = self._direct
+        return self._write_audio if direct is not None and direct.ready() else None
+
+    def _write_audio(self, audio_b64: str) -> None:
+        assert self._direct is not None
+        self._direct.write((self._chunk_prefix + audio_b64 + '"}',))
+
+    def tap_audio(self, take: Callable[[AudioDelta], bool]) -> bool:
+        """Not here: an ElevenLabs delta also moves the end-of-turn clock that `events()` keeps."""
+        return False
 
     async def cancel_response(self) -> None:
         """ElevenLabs stops its own speech on interruption; nothing to send."""

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
 import structlog
 from yarl import URL
 
+from gateway import fastws
 from gateway.audio import PCM_24K, AudioFormat
 from gateway.config import OpenAIAgentConfig, OpenAIConfig, SemanticVad
 from gateway.engines.base import (
@@ -249,6 +250,9 @@ def parse_server_message(text: str) -> EngineEvent | None:
         return BadFrame(exc.reason, str(exc))
 
 
+_SOCKET_DONE = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+
+
 class OpenAIRealtimeSession:
     """One call's model socket. Not shared between calls."""
 
@@ -267,6 +271,8 @@ class OpenAIRealtimeSession:
         self._response_active = False
         # Appends are the hot path: only the payload changes, so the rest is serialised once.
         self._append_prefix = '{"type":"input_audio_buffer.append","audio":"'
+        self._direct = fastws.writer(ws)
+        self._tap: fastws.FrameTap | None = None
 
     async def _send_text(self, text: str) -> None:
         # A closing socket is reported once, by events() ending; sends to it are dropped, never queued.
@@ -320,6 +326,25 @@ class OpenAIRealtimeSession:
     async def send_audio(self, audio_b64: str) -> None:
         await self._send_text(self._append_prefix + audio_b64 + '"}')
 
+    def audio_writer(self) -> Callable[[str], None] | None:
+        direct = self._direct
+        return self._write_audio if direct is not None and direct.ready() else None
+
+    def _write_audio(self, audio_b64: str) -> None:
+        assert self._direct is not None
+        self._direct.write((self._append_prefix + audio_b64 + '"}',))
+
+    def tap_audio(self, take: Callable[[AudioDelta], bool]) -> bool:
+        def offer(text: str) -> bool:
+            event = parse_server_message(text)
+            return type(event) is AudioDelta and take(event)
+
+        if self._tap is None:
+            self._tap = fastws.tap(self._ws, offer)
+        else:
+            self._tap.handler = offer
+        return self._tap is not None
+
     async def cancel_response(self) -> None:
         # response.cancel with nothing in flight only earns an error event, so send it only when needed.
         if self._response_active:
@@ -337,7 +362,10 @@ class OpenAIRealtimeSession:
         )
 
     async def events(self) -> AsyncIterator[EngineEvent]:
-        async for message in self._ws:
+        while True:
+            message = await fastws.receive(self._ws, self._tap)
+            if message.type in _SOCKET_DONE:
+                break
             event: EngineEvent | None = None
             if message.type == aiohttp.WSMsgType.TEXT:
                 event = parse_server_message(message.data)

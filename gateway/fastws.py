@@ -1,0 +1,264 @@
+"""A short path for the two hot sockets of a call: audio frames handled as they arrive.
+
+aiohttp turns every WebSocket frame into a message on a queue, wakes the task reading it, and
+writes every outgoing message through a coroutine. At 50 caller frames a second per call that
+machinery costs more CPU than the audio itself. This module keeps aiohttp for everything it is
+good at (the handshake, control frames, closing, size limits, protocol errors) and adds two things:
+
+- `FrameTap` sits in front of aiohttp's frame parser. Complete, unfragmented text frames are offered
+  to a handler right away, in the socket's `data_received`; the handler takes the ones it knows
+  (media frames, audio deltas) and declines the rest. Declined frames, and every other kind of
+  frame, go to aiohttp's parser byte for byte, so `receive()` sees them exactly as before.
+  Order is kept: the handler is only offered a frame while the socket's reader waits in
+  `receive()` with nothing queued before it (see `FrameTap.reading`).
+- `DirectWriter` frames text messages and hands them to the transport in one write, without a
+  coroutine. It declines (returns None from `ready`) when the socket is closing or its send buffer
+  is past `WRITE_BUFFER_CAP`; callers then use aiohttp's `send_str`, which waits for the peer.
+
+Both rely on aiohttp internals (`ws._writer`, its `protocol` and `transport`, the protocol's
+`_payload_parser`). If an aiohttp release changes them, `tap`/`writer` return None and the call
+takes aiohttp's own path: slower, never wrong. tests/test_fastws.py fails loudly when that happens.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import WSMessage, WSMsgType, web
+from aiohttp.client_ws import ClientWebSocketResponse
+
+_mask: Callable[[bytes, bytearray], None] | None
+try:  # the C implementation aiohttp uses itself
+    from aiohttp._websocket.helpers import websocket_mask as _mask
+except ImportError:  # pragma: no cover - depends on the aiohttp release
+    _mask = None
+
+AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
+
+# Bytes queued for a peer beyond which direct writes stop: the caller falls back to aiohttp's
+# send_str, which waits for the peer to catch up (about a minute of g711 audio, 7 s of pcm24k).
+WRITE_BUFFER_CAP = 1 << 20
+# Text frames longer than this go to aiohttp's parser (which applies the socket's size limit).
+FAST_FRAME_MAX = 1 << 16
+
+_TEXT_FIN = 0x81  # FIN, no RSV bits (no compression), opcode 1
+_PACK_RANDBITS = struct.Struct("!L").pack
+_getrandbits = random.getrandbits
+
+
+def _unmask(key: bytes, payload: bytes | bytearray) -> bytearray:
+    data = bytearray(payload)
+    assert _mask is not None  # tap() is not offered without it
+    _mask(key, data)
+    return data
+
+
+def _internals(ws: AnyWebSocket) -> tuple[Any, Any] | None:
+    """(protocol, transport) of a started socket, or None if aiohttp does not look as expected."""
+    writer = getattr(ws, "_writer", None)
+    protocol = getattr(writer, "protocol", None)
+    transport = getattr(writer, "transport", None)
+    if protocol is None or transport is None or not hasattr(protocol, "_payload_parser"):
+        return None
+    if not hasattr(writer, "_closing"):
+        return None
+    return protocol, transport
+
+
+class FrameTap:
+    """Replaces a socket's frame parser; offers text frames to `handler` (True: taken)."""
+
+    __slots__ = ("_buf", "_forward", "_fragmented", "_inner", "_masked", "handler", "pending", "reading",
+                 "taken_fast")  # fmt: skip
+
+    def __init__(self, inner: Any, masked: bool, handler: Callable[[str], bool]) -> None:
+        self._inner = inner
+        self._masked = masked  # frames from a client are masked (RFC 6455 §5.3), from a server not
+        self._buf = b""
+        self._forward = 0  # bytes still to come of a big frame already handed to aiohttp's parser
+        self._fragmented = False
+        self.handler: Callable[[str], bool] | None = handler
+        self.reading = False  # the socket's reader waits in receive(): nothing of ours is in flight
+        self.pending = 0  # data messages handed to aiohttp that the reader has not taken yet
+        self.taken_fast = 0  # frames the handler took (tests and benchmarks read it)
+
+    def taken(self, message_type: WSMsgType) -> None:
+        """The reader got a message from aiohttp's queue."""
+        if self.pending and message_type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.pending -= 1
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        passed: list[bytes] = []
+        if self._forward:
+            if len(data) <= self._forward:
+                self._forward -= len(data)
+                result: tuple[bool, bytes] = self._inner.feed_data(data)
+                return result
+            passed.append(data[: self._forward])
+            data = data[self._forward :]
+            self._forward = 0
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        n = len(data)
+        pos = 0
+        while n - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            header = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                header = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                header = 10
+            masked = b1 & 0x80
+            if masked:
+                header += 4
+            end = pos + header + length
+            if end > n:
+                if length > FAST_FRAME_MAX:  # a big frame: aiohttp's parser buffers and judges it
+                    passed.append(data[pos:])
+                    self._note_passed(b0)
+                    self._forward = end - n
+                    pos = n
+                break
+            if (
+                b0 == _TEXT_FIN
+                and not self._fragmented
+                and bool(masked) == self._masked
+                and length <= FAST_FRAME_MAX
+                and self.reading
+                and not self.pending
+                and not passed
+                and self.handler is not None
+                and self._offer(data, pos, header, end)
+            ):
+                self.taken_fast += 1
+            else:
+                passed.append(data[pos:end])
+                self._note_passed(b0)
+            pos = end
+        if pos < n:
+            self._buf = data[pos:]
+        if passed:
+            result = self._inner.feed_data(b"".join(passed))
+            return result
+        return False, b""
+
+    def _offer(self, data: bytes, pos: int, header: int, end: int) -> bool:
+        payload: bytes | bytearray = data[pos + header : end]
+        if self._masked:
+            payload = _unmask(data[pos + header - 4 : pos + header], payload)
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return False  # aiohttp's parser reports it and closes the socket, as it always has
+        assert self.handler is not None
+        return self.handler(text)
+
+    def _note_passed(self, b0: int) -> None:
+        opcode = b0 & 0x0F
+        if opcode >= 0x8:
+            return  # control frames: pings, pongs, close (the reader's receive() handles them)
+        if b0 & 0x80:  # FIN: the end of a data message
+            self._fragmented = False
+            self.pending += 1
+        else:
+            self._fragmented = True
+
+
+def tap(ws: AnyWebSocket, handler: Callable[[str], bool]) -> FrameTap | None:
+    """Put a FrameTap in front of a started socket's parser; None when aiohttp's internals differ."""
+    found = _internals(ws)
+    if found is None or _mask is None:
+        return None
+    protocol, _ = found
+    inner = protocol._payload_parser
+    if inner is None or isinstance(inner, FrameTap) or not hasattr(inner, "feed_data"):
+        return None
+    frame_tap = FrameTap(inner, masked=isinstance(ws, web.WebSocketResponse), handler=handler)
+    protocol._payload_parser = frame_tap
+    return frame_tap
+
+
+async def receive(ws: AnyWebSocket, frame_tap: FrameTap | None) -> WSMessage:
+    """`ws.receive()`, telling the tap (if any) while the reader waits and what it took."""
+    if frame_tap is None:
+        return await ws.receive()
+    frame_tap.reading = True
+    try:
+        message = await ws.receive()
+    finally:
+        frame_tap.reading = False
+    frame_tap.taken(message.type)
+    return message
+
+
+class DirectWriter:
+    """Writes text frames straight to a socket's transport, several in one system call."""
+
+    __slots__ = ("_transport", "_use_mask", "_writer", "_ws")
+
+    def __init__(self, ws: AnyWebSocket, ws_writer: Any, transport: Any) -> None:
+        self._ws = ws
+        self._writer = ws_writer
+        self._transport = transport
+        self._use_mask = bool(self._writer.use_mask) and _mask is not None
+
+    def ready(self) -> bool:
+        """True when `write` may be called now: open socket, send buffer below the cap."""
+        transport = self._transport
+        return (
+            not self._writer._closing
+            and not self._ws.closed
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < WRITE_BUFFER_CAP
+        )
+
+    def write(self, texts: Sequence[str]) -> None:
+        """Frame and write `texts` (call `ready()` first, with no await in between)."""
+        parts: list[bytes | bytearray] = []
+        for text in texts:
+            payload = text.encode("utf-8")
+            n = len(payload)
+            mask_bit = 0x80 if self._use_mask else 0
+            if n < 126:
+                parts.append(bytes((0x81, n | mask_bit)))
+            elif n < 65536:
+                parts.append(bytes((0x81, 126 | mask_bit, n >> 8, n & 0xFF)))
+            else:
+                parts.append(bytes((0x81, 127 | mask_bit)) + n.to_bytes(8, "big"))
+            if self._use_mask:
+                key = _PACK_RANDBITS(_getrandbits(32))
+                masked = bytearray(payload)
+                assert _mask is not None
+                _mask(key, masked)
+                parts.append(key)
+                parts.append(masked)
+            else:
+                parts.append(payload)
+        self._transport.write(b"".join(parts))
+
+
+def writer(ws: AnyWebSocket) -> DirectWriter | None:
+    """A DirectWriter for a started socket; None when aiohttp's internals differ (or it cannot mask)."""
+    found = _internals(ws)
+    if found is None:
+        return None
+    if getattr(getattr(ws, "_writer", None), "use_mask", False) and _mask is None:
+        return None
+    if getattr(getattr(ws, "_writer", None), "compress", 0):
+        return None  # compressed sockets need aiohttp's compressor
+    return DirectWriter(ws, getattr(ws, "_writer", None), found[1])
