@@ -179,6 +179,42 @@ class FrameTap:
             self._fragmented = True
 
 
+class _Heartbeat:
+    """What aiohttp does on every chunk received on a socket with a heartbeat, for less.
+
+    aiohttp schedules a callback per chunk that moves the heartbeat's deadline. Its heartbeat timer
+    already re-arms itself when it fires before the deadline, so moving the deadline is all a chunk
+    needs to do; the full reset (which also cancels a pending pong wait, or starts the timer when
+    none runs) is kept for when it matters: after a ping was sent.
+    """
+
+    __slots__ = ("_interval", "_time", "_ws")
+
+    def __init__(self, ws: Any, interval: float, time: Callable[[], float]) -> None:
+        self._ws = ws
+        self._interval = interval
+        self._time = time
+
+    def __call__(self) -> None:
+        ws = self._ws
+        if ws._heartbeat_cb is None or ws._pong_response_cb is not None:
+            ws._reset_heartbeat()
+        else:
+            ws._heartbeat_when = self._time() + self._interval
+
+
+_HEARTBEAT_ATTRS = ("_heartbeat", "_heartbeat_cb", "_pong_response_cb", "_heartbeat_when", "_reset_heartbeat",
+                    "_on_data_received", "_loop")  # fmt: skip
+
+
+def _lighten_heartbeat(ws: AnyWebSocket, protocol: Any) -> None:
+    if not all(hasattr(ws, name) for name in _HEARTBEAT_ATTRS) or ws._heartbeat is None:
+        return
+    if getattr(protocol, "_data_received_cb", None) != ws._on_data_received or ws._loop is None:
+        return
+    protocol._data_received_cb = _Heartbeat(ws, float(ws._heartbeat), ws._loop.time)
+
+
 def tap(ws: AnyWebSocket, handler: Callable[[str], bool]) -> FrameTap | None:
     """Put a FrameTap in front of a started socket's parser; None when aiohttp's internals differ."""
     found = _internals(ws)
@@ -190,6 +226,7 @@ def tap(ws: AnyWebSocket, handler: Callable[[str], bool]) -> FrameTap | None:
         return None
     frame_tap = FrameTap(inner, masked=isinstance(ws, web.WebSocketResponse), handler=handler)
     protocol._payload_parser = frame_tap
+    _lighten_heartbeat(ws, protocol)
     return frame_tap
 
 
