@@ -39,7 +39,7 @@ async def read_caller(
     frames = InboundFrames(ws, carrier.name, carrier.decode, limits, bad_frames, started=True)
     # Media is forwarded as it arrives where the sockets allow (gateway.fastws); what is left, and
     # every frame when they do not, is handled below in order.
-    frames.tap_media(lambda media: audio.caller_audio_now(session(), media.payload_b64))
+    frames.tap_media(carrier.media_payload, lambda payload: audio.caller_audio_now(session(), payload))
     try:
         while (event := await frames.next_event()) is not None:
             if isinstance(event, Media):

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway import fastjson
 from gateway.errors import ProtocolError
 
 
@@ -66,6 +67,24 @@ class Unknown:
 CarrierEvent = StreamStart | Media | MarkEcho | Dtmf | StreamStop | Connected | Ignored | Unknown
 
 
+def media_payload(text: str) -> str | None:
+    """The payload of an inbound media frame, parsed the fast way (gateway.fastjson); None for any
+    other frame, which `decode` then judges. Twilio (§C.4) and Telnyx (§D.3) share this shape."""
+    try:
+        frame = fastjson.loads(text)
+    except ValueError:
+        return None
+    if type(frame) is not dict or frame.get("event") != "media":
+        return None
+    media = frame.get("media")
+    if type(media) is not dict:
+        return None
+    payload = media.get("payload")
+    if type(payload) is not str or media.get("track", "inbound") != "inbound":
+        return None
+    return payload
+
+
 def load_frame(text: str, carrier: str) -> tuple[dict[str, Any], str]:
     """One frame's JSON object and its `event` name; ProtocolError (`malformed_json`) otherwise."""
     try:
@@ -115,6 +134,10 @@ class Carrier(Protocol):
 
     def decode(self, text: str) -> CarrierEvent:
         """Decode one text frame; raises ProtocolError (and nothing else) naming what is wrong."""
+
+    def media_payload(self, text: str) -> str | None:
+        """The payload if `text` is a well-formed inbound media frame (what `decode` would return as
+        Media), quickly; None for anything else, including frames `decode` would refuse."""
 
     def codec(self, start: StreamStart) -> MediaCodec: ...
 

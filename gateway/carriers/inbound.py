@@ -77,23 +77,21 @@ class InboundFrames:
         self.ended_by: EndedBy = "closed"
         self.tap: fastws.FrameTap | None = None
 
-    def tap_media(self, take: Callable[[Media], bool]) -> bool:
-        """Hand well-formed media frames to `take` as they arrive (see gateway.fastws), when it
-        returns True; every other frame, and media `take` declines, comes out of `next_event()`.
+    def tap_media(self, payload_of: Callable[[str], str | None], take: Callable[[str], bool]) -> bool:
+        """Hand media payloads to `take` as frames arrive (see gateway.fastws), when it returns True;
+        `payload_of` picks them out (the carrier's `media_payload`). Every other frame, and media
+        `take` declines, comes out of `next_event()`.
 
         Media taken this way has paid its token and counts as a frame for the idle timeout. False
         when aiohttp's internals do not allow it: everything then comes out of `next_event()`.
         """
-        decode, budget, loop = self._decode, self._budget, self._loop
+        budget, loop = self._budget, self._loop
 
         def offer(text: str) -> bool:
-            try:
-                event = decode(text)
-            except ProtocolError:
-                return False  # counted by next_event(), like any bad frame
-            if type(event) is not Media or not self.started or not budget.admit(tentative=True):
+            payload = payload_of(text)
+            if payload is None or not self.started or not budget.admit(tentative=True):
                 return False
-            if not take(event):
+            if not take(payload):
                 budget.refund()  # next_event() charges it
                 return False
             self._last_frame_at = loop.time()

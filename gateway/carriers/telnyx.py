@@ -29,6 +29,7 @@ from gateway.carriers.base import (
     dtmf_digit,
     json_string,
     load_frame,
+    media_payload,
 )
 from gateway.config import TelnyxConfig
 from gateway.errors import ProtocolError
@@ -188,6 +189,10 @@ class TelnyxCarrier:
     @staticmethod
     def decode(text: str) -> CarrierEvent:
         return decode_frame(text)
+
+    @staticmethod
+    def media_payload(text: str) -> str | None:
+        return media_payload(text)
 
     @staticmethod
     def codec(start: StreamStart) -> TelnyxMediaCodec:

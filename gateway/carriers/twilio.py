@@ -27,6 +27,7 @@ from gateway.carriers.base import (
     dtmf_digit,
     json_string,
     load_frame,
+    media_payload,
 )
 from gateway.config import TwilioConfig
 from gateway.errors import ProtocolError
@@ -197,6 +198,10 @@ class TwilioCarrier:
     @staticmethod
     def decode(text: str) -> CarrierEvent:
         return decode_frame(text)
+
+    @staticmethod
+    def media_payload(text: str) -> str | None:
+        return media_payload(text)
 
     @staticmethod
     def codec(start: StreamStart) -> TwilioMediaCodec:
