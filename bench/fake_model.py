@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from gateway import fastws
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audiosignals import speech_like, ulaw_encode
@@ -79,10 +81,18 @@ class Connection:
         self.rng = random.Random(server.seed * 100_003 + conn_id)
         self.cancels = 0
         self.truncates = 0
+        self.writer = fastws.writer(ws)
 
     async def send(self, event: dict[str, Any]) -> None:
         event["event_id"] = f"ev_{next(self.server.ids)}"
         await self.ws.send_str(json.dumps(event))
+
+    def on_append(self, data: str) -> bool:
+        """An append in the gateway's exact layout, recorded; False for anything else."""
+        if data.startswith(APPEND_PREFIX) and data.endswith('"}'):
+            self.on_text(data, time.monotonic())
+            return True
+        return False
 
     def on_text(self, data: str, now: float) -> None:
         if data.startswith(APPEND_PREFIX) and data.endswith('"}'):
@@ -164,7 +174,11 @@ class Connection:
             if now >= server.end_at:
                 break
             ms = rng.randint(40, 100)
-            await self.ws.send_str(prefix + server.payloads[ms] + '"}')
+            text = prefix + server.payloads[ms] + '"}'
+            if self.writer is not None and self.writer.ready():
+                self.writer.write((text,))
+            else:
+                await self.ws.send_str(text)
             self.down_ms_total += ms
             self.down_t.append(now)
             self.down_ms.append(self.down_ms_total)
@@ -226,8 +240,14 @@ class FakeModel:
             {"type": "session.created", "session": {"type": "realtime", "object": "realtime.session"}}
         )
         speaker = asyncio.create_task(conn.speak(), name=f"fake-model:{conn.id}:speak")
+        # Appends are taken as they arrive (the gateway's own fast path, gateway/fastws.py): the fake
+        # must stay far cheaper than what it measures. Anything else comes out of receive().
+        tap = fastws.tap(ws, conn.on_append)
         try:
-            async for message in ws:
+            while True:
+                message = await fastws.receive(ws, tap)
+                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
                 if message.type == WSMsgType.TEXT:
                     conn.on_text(message.data, time.monotonic())
         except ConnectionResetError:

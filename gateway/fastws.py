@@ -258,35 +258,38 @@ class DirectWriter:
         """True when `write` may be called now: open socket, send buffer below the cap."""
         transport = self._transport
         return (
-            not self._writer._closing
-            and not self._ws.closed
-            and not transport.is_closing()
+            not transport.is_closing()
             and transport.get_write_buffer_size() < WRITE_BUFFER_CAP
+            and not self._writer._closing
+            and not self._ws.closed
         )
 
     def write(self, texts: Sequence[str]) -> None:
-        """Frame and write `texts` (call `ready()` first, with no await in between)."""
-        parts: list[bytes | bytearray] = []
-        for text in texts:
-            payload = text.encode("utf-8")
-            n = len(payload)
-            mask_bit = 0x80 if self._use_mask else 0
+        """Frame and write `texts` in one system call (call `ready()` first, no await in between)."""
+        if len(texts) == 1:
+            self._transport.write(self._frame(texts[0]))
+        else:
+            self._transport.write(b"".join([self._frame(text) for text in texts]))
+
+    def _frame(self, text: str) -> bytes:
+        payload = text.encode("utf-8")
+        n = len(payload)
+        if self._use_mask:
             if n < 126:
-                parts.append(bytes((0x81, n | mask_bit)))
+                header = bytes((0x81, 0x80 | n))
             elif n < 65536:
-                parts.append(bytes((0x81, 126 | mask_bit, n >> 8, n & 0xFF)))
+                header = bytes((0x81, 0xFE, n >> 8, n & 0xFF))
             else:
-                parts.append(bytes((0x81, 127 | mask_bit)) + n.to_bytes(8, "big"))
-            if self._use_mask:
-                key = _PACK_RANDBITS(_getrandbits(32))
-                masked = bytearray(payload)
-                assert _mask is not None
-                _mask(key, masked)
-                parts.append(key)
-                parts.append(masked)
-            else:
-                parts.append(payload)
-        self._transport.write(b"".join(parts))
+                header = b"\x81\xff" + n.to_bytes(8, "big")
+            key = _PACK_RANDBITS(_getrandbits(32))
+            masked = bytearray(payload)
+            _mask(key, masked)  # type: ignore[misc]  # writer() refuses masked sockets without it
+            return header + key + masked
+        if n < 126:
+            return bytes((0x81, n)) + payload
+        if n < 65536:
+            return bytes((0x81, 126, n >> 8, n & 0xFF)) + payload
+        return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 def writer(ws: AnyWebSocket) -> DirectWriter | None:
