@@ -53,6 +53,7 @@ GROUPS = 10  # TICK_S * GROUPS = 20 ms, Twilio's frame period
 FRAME_MS = 20
 ACCOUNT_SID = "AC" + "b" * 32
 SOCKET_DONE = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the media socket's size limit (aiohttp's default, said out loud)
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -161,7 +162,7 @@ class Call:
 
     async def read(self) -> None:
         """Record the gateway's audio as it arrives; queue its marks behind it for playback."""
-        tap = fastws.tap(self.ws, lambda text: self._fast_path(text, time.monotonic()))
+        tap = fastws.tap(self.ws, lambda text: self._fast_path(text, time.monotonic()), MAX_MESSAGE_BYTES)
         try:
             while True:
                 message = await fastws.receive(self.ws, tap)
@@ -226,7 +227,9 @@ class FakeCarrier:
         url = stream.attrib["url"]
         custom = {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
         ws = await self.http.ws_connect(
-            url, headers={"X-Twilio-Signature": twilio_signature(self.args.auth_token, url, {})}
+            url,
+            headers={"X-Twilio-Signature": twilio_signature(self.args.auth_token, url, {})},
+            max_msg_size=MAX_MESSAGE_BYTES,
         )
         stream_sid = f"MZ{index:032x}"
         await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))

@@ -41,7 +41,8 @@ AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
 # Bytes queued for a peer beyond which direct writes stop: the caller falls back to aiohttp's
 # send_str, which waits for the peer to catch up (about a minute of g711 audio, 7 s of pcm24k).
 WRITE_BUFFER_CAP = 1 << 20
-# Text frames longer than this go to aiohttp's parser (which applies the socket's size limit).
+# Text frames longer than this, or than the socket's own max_msg_size, go to aiohttp's parser
+# (which applies the size limit and closes the socket with 1009 when it is exceeded).
 FAST_FRAME_MAX = 1 << 16
 
 _TEXT_FIN = 0x81  # FIN, no RSV bits (no compression), opcode 1
@@ -71,11 +72,14 @@ def _internals(ws: AnyWebSocket) -> tuple[Any, Any] | None:
 class FrameTap:
     """Replaces a socket's frame parser; offers text frames to `handler` (True: taken)."""
 
-    __slots__ = ("_buf", "_forward", "_fragmented", "_inner", "_masked", "handler", "pending", "reading",
-                 "taken_fast")  # fmt: skip
+    __slots__ = ("_buf", "_forward", "_fragmented", "_inner", "_limit", "_masked", "handler", "pending",
+                 "reading", "taken_fast")  # fmt: skip
 
-    def __init__(self, inner: Any, masked: bool, handler: Callable[[str], bool]) -> None:
+    def __init__(
+        self, inner: Any, masked: bool, handler: Callable[[str], bool], limit: int = FAST_FRAME_MAX
+    ) -> None:
         self._inner = inner
+        self._limit = limit  # longest payload offered to the handler
         self._masked = masked  # frames from a client are masked (RFC 6455 §5.3), from a server not
         self._buf = b""
         self._forward = 0  # bytes still to come of a big frame already handed to aiohttp's parser
@@ -128,7 +132,7 @@ class FrameTap:
                 header += 4
             end = pos + header + length
             if end > n:
-                if length > FAST_FRAME_MAX:  # a big frame: aiohttp's parser buffers and judges it
+                if length > self._limit:  # a big frame: aiohttp's parser buffers and judges it
                     passed.append(data[pos:])
                     self._note_passed(b0)
                     self._forward = end - n
@@ -138,7 +142,7 @@ class FrameTap:
                 b0 == _TEXT_FIN
                 and not self._fragmented
                 and bool(masked) == self._masked
-                and length <= FAST_FRAME_MAX
+                and length <= self._limit
                 and self.reading
                 and not self.pending
                 and not passed
@@ -215,16 +219,27 @@ def _lighten_heartbeat(ws: AnyWebSocket, protocol: Any) -> None:
     protocol._data_received_cb = _Heartbeat(ws, float(ws._heartbeat), ws._loop.time)
 
 
-def tap(ws: AnyWebSocket, handler: Callable[[str], bool]) -> FrameTap | None:
-    """Put a FrameTap in front of a started socket's parser; None when aiohttp's internals differ."""
+def tap(ws: AnyWebSocket, handler: Callable[[str], bool], max_msg_size: int | None = None) -> FrameTap | None:
+    """Put a FrameTap in front of a started socket's parser; None when aiohttp's internals differ.
+
+    `max_msg_size` is the limit the socket was opened with (0: none). A server socket knows its
+    own; a client socket does not keep it where it can be read, so the caller passes it, and a
+    client socket without one is not tapped: a frame the tap takes never reaches aiohttp's size
+    check, so the tap must know the limit to leave bigger frames to it.
+    """
     found = _internals(ws)
     if found is None or _mask is None:
         return None
+    if max_msg_size is None:
+        max_msg_size = getattr(ws, "_max_msg_size", None) if isinstance(ws, web.WebSocketResponse) else None
+    if not isinstance(max_msg_size, int) or max_msg_size < 0:
+        return None
+    limit = min(FAST_FRAME_MAX, max_msg_size) if max_msg_size else FAST_FRAME_MAX
     protocol, _ = found
     inner = protocol._payload_parser
     if inner is None or isinstance(inner, FrameTap) or not hasattr(inner, "feed_data"):
         return None
-    frame_tap = FrameTap(inner, masked=isinstance(ws, web.WebSocketResponse), handler=handler)
+    frame_tap = FrameTap(inner, masked=isinstance(ws, web.WebSocketResponse), handler=handler, limit=limit)
     protocol._payload_parser = frame_tap
     _lighten_heartbeat(ws, protocol)
     return frame_tap

@@ -358,7 +358,7 @@ class OpenAIRealtimeSession:
             return event is not None and take(event)
 
         if self._tap is None:
-            self._tap = fastws.tap(self._ws, offer)
+            self._tap = fastws.tap(self._ws, offer, MODEL_MAX_MESSAGE_BYTES)
         else:
             self._tap.handler = offer
         return self._tap is not None
