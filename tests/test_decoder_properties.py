@@ -36,13 +36,13 @@ from gateway.engines.base import (
 from gateway.engines.elevenlabs_events import SERVER_EVENT_TYPES as ELEVENLABS_EVENTS
 from gateway.engines.elevenlabs_events import ConversationState, Ping, decode_message
 from gateway.engines.elevenlabs_events import map_server_event as map_elevenlabs
-from gateway.engines.openai_events import SERVER_EVENT_TYPES as OPENAI_EVENTS
-from gateway.engines.openai_realtime import (
+from gateway.engines.openai_events import (
     FATAL_ERROR_CODES,
     RETRYABLE_ERROR_CODES,
     map_server_event,
     parse_server_message,
 )
+from gateway.engines.openai_events import SERVER_EVENT_TYPES as OPENAI_EVENTS
 from gateway.errors import ProtocolError
 
 CARRIER_EVENTS = typing.get_args(CarrierEvent)

@@ -19,12 +19,8 @@ from gateway.engines.base import (
     SpeechStarted,
     SpeechStopped,
 )
-from gateway.engines.openai_realtime import (
-    BetaDialect,
-    GADialect,
-    first_message_instructions,
-    map_server_event,
-)
+from gateway.engines.openai_events import map_server_event
+from gateway.engines.openai_realtime import BetaDialect, GADialect, first_message_instructions
 from tests.fakes.openai_validation import validate_client_event
 
 TURN_DETECTIONS: list[dict[str, Any]] = [
