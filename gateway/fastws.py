@@ -27,8 +27,11 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import structlog
 from aiohttp import WSMessage, WSMsgType, web
 from aiohttp.client_ws import ClientWebSocketResponse
+
+log = structlog.get_logger("gateway.fastws")
 
 _mask: Callable[[bytes, bytearray], None] | None
 try:  # the C implementation aiohttp uses itself
@@ -170,7 +173,16 @@ class FrameTap:
         except UnicodeDecodeError:
             return False  # aiohttp's parser reports it and closes the socket, as it always has
         assert self.handler is not None
-        return self.handler(text)
+        try:
+            return self.handler(text)
+        except Exception:
+            # A bug, not a bad frame (handlers decline those). Raised here it would surface in the
+            # transport's data_received, outside the call's tasks. Instead the tap steps aside and
+            # this frame and all after it take the ordinary path, where the same fault ends the call
+            # the usual way (logged, counted, hung up).
+            log.exception("fastws.handler_failed")
+            self.handler = None
+            return False
 
     def _note_passed(self, b0: int) -> None:
         opcode = b0 & 0x0F
