@@ -589,12 +589,12 @@ class TestTap:
         assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.INVALID_TEXT)
         assert link.reader.offered == []
 
-    @pytest.mark.parametrize("size", [1001, 1500, FAST_FRAME_MAX])
+    @pytest.mark.parametrize("size", [1000, 1001, 1500, FAST_FRAME_MAX])
     async def test_a_frame_over_max_msg_size_is_closed_with_1009(
         self, connect: Connect, side: Side, size: int
     ) -> None:
-        """A frame longer than max_msg_size is not taken, though it is below
-        FAST_FRAME_MAX: aiohttp closes the socket with 1009 (MESSAGE_TOO_BIG)."""
+        """A frame of max_msg_size bytes or more (aiohttp's own rule: ">=") is not taken, though it is
+        below FAST_FRAME_MAX: aiohttp closes the socket with 1009 (MESSAGE_TOO_BIG)."""
         options = {"max_msg_size": 1000}
         link = await connect(side, **{side: options})
         await link.peer.send_str(text_of(size))
