@@ -44,8 +44,8 @@ AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
 # Bytes queued for a peer beyond which direct writes stop: the caller falls back to aiohttp's
 # send_str, which waits for the peer to catch up (about a minute of g711 audio, 7 s of pcm24k).
 WRITE_BUFFER_CAP = 1 << 20
-# Text frames longer than this, or than the socket's own max_msg_size, go to aiohttp's parser
-# (which applies the size limit and closes the socket with 1009 when it is exceeded).
+# Text frames longer than this, or not shorter than the socket's own max_msg_size, go to aiohttp's
+# parser (which applies the size limit and closes the socket with 1009 when it is reached).
 FAST_FRAME_MAX = 1 << 16
 
 _TEXT_FIN = 0x81  # FIN, no RSV bits (no compression), opcode 1
@@ -246,7 +246,8 @@ def tap(ws: AnyWebSocket, handler: Callable[[str], bool], max_msg_size: int | No
         max_msg_size = getattr(ws, "_max_msg_size", None) if isinstance(ws, web.WebSocketResponse) else None
     if not isinstance(max_msg_size, int) or max_msg_size < 0:
         return None
-    limit = min(FAST_FRAME_MAX, max_msg_size) if max_msg_size else FAST_FRAME_MAX
+    # aiohttp refuses a message of max_msg_size bytes or more (">=", "exceeds limit" notwithstanding).
+    limit = min(FAST_FRAME_MAX, max_msg_size - 1) if max_msg_size else FAST_FRAME_MAX
     protocol, _ = found
     inner = protocol._payload_parser
     if inner is None or isinstance(inner, FrameTap) or not hasattr(inner, "feed_data"):
