@@ -186,8 +186,10 @@ class FrameTap:
 
     def _note_passed(self, b0: int) -> None:
         opcode = b0 & 0x0F
-        if opcode >= 0x8:
-            return  # control frames: pings, pongs, close (the reader's receive() handles them)
+        if opcode >= 0x8:  # control frames: the reader's receive() handles them
+            if opcode == 0x8:
+                self.handler = None  # after a close nothing is taken: it all goes to aiohttp
+            return
         if b0 & 0x80:  # FIN: the end of a data message
             self._fragmented = False
             self.pending += 1

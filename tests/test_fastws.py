@@ -23,6 +23,7 @@ import pytest
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+from structlog.testing import capture_logs
 
 from gateway import fastws
 from gateway.fastws import FAST_FRAME_MAX, FrameTap
@@ -996,6 +997,33 @@ class TestFrameTapFeed:
         b.tap.feed_data(third)
         assert bytes(b.parser.data) == first + second
         assert b.tap.taken_fast == 1
+
+    def test_nothing_is_taken_after_a_close_frame(self, masked: bool) -> None:
+        """A text frame behind the peer's close (a protocol violation) is not taken before the reader
+        has seen the close: it goes to aiohttp, which drops what follows a close."""
+        b = bench(masked)
+        close = self.mk(masked, b"\x03\xe8", 0x8)
+        after = self.mk(masked, b"after the close")
+        b.feed(close)
+        b.feed(after)
+        assert bytes(b.parser.data) == close + after
+        assert b.tap.taken_fast == 0
+
+    def test_a_handler_that_raises_steps_the_tap_aside(self, masked: bool) -> None:
+        """A handler bug does not escape into data_received: the frame goes to aiohttp, the failure
+        is logged once, and later frames take the ordinary path too."""
+
+        def broken(text: str) -> bool:
+            raise KeyError(text)
+
+        b = bench(masked, broken)
+        first, second = self.mk(masked, b"one"), self.mk(masked, b"two")
+        with capture_logs() as logs:
+            b.feed(first)
+            b.feed(second)
+        assert bytes(b.parser.data) == first + second
+        assert b.tap.handler is None and b.tap.taken_fast == 0
+        assert [entry["event"] for entry in logs] == ["fastws.handler_failed"]
 
     @pytest.mark.parametrize("cut", [1, 2, 3, 9, 10, 14, 15, 1000, FAST_FRAME_MAX, FAST_FRAME_MAX + 9])
     def test_a_big_frame_is_forwarded_byte_for_byte(self, masked: bool, cut: int) -> None:
