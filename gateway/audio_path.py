@@ -88,6 +88,9 @@ class AudioPath:
         self.bytes_to_caller = 0
         self.agent_audio_sent_at = 0.0  # monotonic time of the last agent audio written
         self.agent_audio_frames = 0  # agent audio frames written (hold audio not counted)
+        # Frames handled as they arrived (gateway.fastws): caller media in, model audio deltas in.
+        self.fast_caller_frames = 0
+        self.fast_model_frames = 0
         self._cpu_up = _CpuSampler(metrics.transcode_cpu_seconds_total.labels("caller_to_model"))
         self._cpu_down = _CpuSampler(metrics.transcode_cpu_seconds_total.labels("model_to_caller"))
 
@@ -144,6 +147,7 @@ class AudioPath:
             return False
         if audio is not None:
             write(audio)
+        self.fast_caller_frames += 1
         return True
 
     # -- model → caller ---------------------------------------------------------------------------
@@ -187,6 +191,7 @@ class AudioPath:
         if direct is None or not direct.ready():
             return None
         frames = self._model_frames(event)
+        self.fast_model_frames += 1
         if frames is None:
             return False
         if frames:

@@ -160,6 +160,8 @@ class CallBridge:
                         duration_s=round(duration_s, 3),
                         bytes_from_caller=self.audio.bytes_from_caller,
                         bytes_to_caller=self.audio.bytes_to_caller,
+                        fast_caller_frames=self.audio.fast_caller_frames,
+                        fast_model_frames=self.audio.fast_model_frames,
                         **record,
                     )
                     features.record("call.ended", reason=reason, duration_s=round(duration_s, 3), cost=record)
