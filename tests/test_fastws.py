@@ -320,6 +320,17 @@ async def _finish(task: asyncio.Task[None]) -> None:
         await task
 
 
+async def assert_refused(link: Link, code: WSCloseCode) -> None:
+    """aiohttp failed the connection with `code`: the reader gets the error, the peer the close, and
+    the handler was offered nothing."""
+    message = await link.reader.message()
+    assert message.type is WSMsgType.ERROR
+    assert message.data.code == code
+    closed = await link.peer.receive(timeout=WAIT_S)
+    assert (closed.type, closed.data) == (WSMsgType.CLOSE, code)
+    assert link.reader.offered == []
+
+
 def _huge_header(link: Link) -> bytes:
     """The header of a 2 GiB text frame as the peer would send it (no payload)."""
     masked = link.peer is link.client
@@ -475,12 +486,7 @@ class TestTap:
         link = await connect(side)
         link.inject(link.peer_frame(b"open", fin=False))
         link.inject(link.peer_frame(b"complete"))
-        message = await link.reader.message()
-        assert message.type is WSMsgType.ERROR
-        assert message.data.code == WSCloseCode.PROTOCOL_ERROR
-        closed = await link.peer.receive(timeout=WAIT_S)
-        assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.PROTOCOL_ERROR)
-        assert link.reader.offered == []
+        await assert_refused(link, WSCloseCode.PROTOCOL_ERROR)
 
     async def test_a_huge_declared_length_is_refused_before_its_payload(
         self, connect: Connect, side: Side
@@ -489,12 +495,7 @@ class TestTap:
         buffer, the payload): aiohttp closes the socket with 1009 before any more arrives."""
         link = await connect(side)
         link.send_raw(_huge_header(link) + b"0123456789")
-        message = await link.reader.message()
-        assert message.type is WSMsgType.ERROR
-        assert message.data.code == WSCloseCode.MESSAGE_TOO_BIG
-        closed = await link.peer.receive(timeout=WAIT_S)
-        assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.MESSAGE_TOO_BIG)
-        assert link.reader.offered == []
+        await assert_refused(link, WSCloseCode.MESSAGE_TOO_BIG)
 
     async def test_ping_pong_and_close_pass_through(self, connect: Connect, side: Side) -> None:
         """Pings are answered with their payload, pongs and close frames reach receive() (close code
@@ -583,12 +584,7 @@ class TestTap:
         """A text frame that is not UTF-8 is declined, and aiohttp closes the socket with 1007."""
         link = await connect(side)
         link.send_raw(link.peer_frame(b"caf\xe9 \xff\xfe"))
-        message = await link.reader.message()
-        assert message.type is WSMsgType.ERROR
-        assert message.data.code == WSCloseCode.INVALID_TEXT
-        closed = await link.peer.receive(timeout=WAIT_S)
-        assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.INVALID_TEXT)
-        assert link.reader.offered == []
+        await assert_refused(link, WSCloseCode.INVALID_TEXT)
 
     @pytest.mark.parametrize("size", [1000, 1001, 1500, FAST_FRAME_MAX])
     async def test_a_frame_over_max_msg_size_is_closed_with_1009(
@@ -599,12 +595,7 @@ class TestTap:
         options = {"max_msg_size": 1000}
         link = await connect(side, **{side: options})
         await link.peer.send_str(text_of(size))
-        message = await link.reader.message()
-        assert message.type is WSMsgType.ERROR
-        assert message.data.code == WSCloseCode.MESSAGE_TOO_BIG
-        closed = await link.peer.receive(timeout=WAIT_S)
-        assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.MESSAGE_TOO_BIG)
-        assert link.reader.offered == []
+        await assert_refused(link, WSCloseCode.MESSAGE_TOO_BIG)
 
     async def test_a_frame_just_under_max_msg_size_is_taken(self, connect: Connect, side: Side) -> None:
         """One byte under max_msg_size, a frame is taken like any other."""
