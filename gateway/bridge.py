@@ -4,7 +4,8 @@ The task that runs `CallBridge.run` owns the call. It opens the model session, t
 tasks, uplink (caller → model) and downlink (model → caller), waits for the first to finish (or for
 `max_call_duration_s`), and tears everything down in `finally`: child tasks (and the features' tool,
 key-press and silence tasks) cancelled and awaited, both sockets closed, the registry entry removed,
-one `call.ended` line logged. Audio handling lives in `AudioPath`, everything else an agent can do in
+one `call.ended` line logged. The two halves are `read_caller` (gateway.uplink) and `ModelReader`
+(gateway.downlink); audio handling lives in `AudioPath`, everything else an agent can do in
 `CallFeatures`.
 """
 
@@ -20,20 +21,8 @@ from gateway.accounting import CallAccounting
 from gateway.audio_path import AudioPath
 from gateway.carriers.base import Carrier, StreamStart
 from gateway.config import AnyAgentConfig
-from gateway.engines.base import (
-    AudioDelta,
-    AudioDone,
-    BadFrame,
-    EngineFailure,
-    EngineSession,
-    InputCommitted,
-    ResponseDone,
-    SpeechStarted,
-    SpeechStopped,
-    ToolCall,
-    Transcript,
-    TranscriptionDone,
-)
+from gateway.downlink import ModelReader
+from gateway.engines.base import EngineSession
 from gateway.errors import EngineError, ProtocolError
 from gateway.features import CallFeatures
 from gateway.frames import FrameAudit
@@ -317,91 +306,24 @@ class CallBridge:
 
     # -- model → caller ---------------------------------------------------------------------------
 
+    def _model_reader(self) -> ModelReader:
+        assert self._accounting is not None and self._features is not None
+        return ModelReader(
+            audio=self.audio,
+            keeper=self._keeper,
+            accounting=self._accounting,
+            features=self._features,
+            bad_frames=self._bad_frames,
+            metrics=self._metrics,
+            current=lambda: self._session,
+            engine=lambda: self._agent.engine,
+        )
+
     async def _downlink(self) -> EndReason:
         try:
             # Session after session: hand-offs, reconnects and rollovers replace the one being read.
-            return await self._keeper.run(self._read_model)
+            return await self._keeper.run(self._model_reader().read)
         except ConnectionResetError:
             # Engine sessions swallow resets of their own socket, so this one is the carrier's.
             log.info("carrier.closed")
             return "caller_hangup"
-
-    async def _read_model(self, session: EngineSession) -> None:
-        accounting, features = self._accounting, self._features
-        assert accounting is not None and features is not None
-        session.tap_audio(lambda event: self._model_audio_now(session, event))
-        async for event in session.events():
-            if session is not self._session:
-                break  # a late event of a session already handed off
-            self._keeper.observe(session, event)
-            if isinstance(event, AudioDelta):
-                try:
-                    if await self.audio.model_audio(event):
-                        accounting.agent_audio_sent()
-                except ProtocolError as exc:  # not base64: dropped, never spliced into a carrier frame
-                    self._bad_frames.bad("engine", self._agent.engine, exc.reason, str(exc))
-            elif isinstance(event, SpeechStarted):
-                await self._barge_in(session)
-            elif isinstance(event, SpeechStopped | InputCommitted):
-                accounting.caller_stopped_speaking()
-                features.on_caller_activity()
-            elif isinstance(event, AudioDone):
-                await self.audio.flush(event.item_id)
-                self.audio.playback.finished(event.item_id)
-                await features.on_progress(turn_done=True)
-            elif isinstance(event, ResponseDone):
-                await self.audio.flush(self.audio.playback.current_item)
-                accounting.response_done(event.status, event.usage)
-                await features.on_progress(turn_done=True)
-                log.info("engine.response_done", status=event.status)
-            elif isinstance(event, TranscriptionDone):
-                accounting.transcription_done(event.usage)
-                features.on_transcript("caller", event.transcript)
-            elif isinstance(event, Transcript):
-                features.on_transcript(event.role, event.text)
-            elif isinstance(event, ToolCall):
-                features.on_tool_call(event)
-            elif isinstance(event, EngineFailure):
-                self._metrics.engine_errors_total.labels(self._agent.engine, event.code[:64]).inc()
-                if event.fatal:
-                    raise EngineError(event.message, code=event.code, retryable=event.retryable)
-                # Non-fatal errors (a rejected truncate, a cancel with nothing in flight) are survived.
-                log.warning("engine.error", code=event.code, message=event.message)
-            elif isinstance(event, BadFrame):
-                # Malformed or unknown model events: counted, logged at a bounded rate, skipped.
-                self._bad_frames.bad("engine", self._agent.engine, event.reason, event.detail)
-
-    def _model_audio_now(self, session: EngineSession, event: AudioDelta) -> bool:
-        """An audio delta handled as it arrives (see EngineSession.tap_audio): what `_read_model`
-        does with one, without waiting. False: not now (it comes out of `events()` instead)."""
-        if session is not self._session:
-            return False
-        try:
-            sent = self.audio.model_audio_now(event)
-        except ProtocolError:
-            return False  # counted by _read_model
-        if sent is None:
-            return False
-        self._keeper.observe(session, event)
-        if sent:
-            assert self._accounting is not None
-            self._accounting.agent_audio_sent()
-        return True
-
-    async def _barge_in(self, session: EngineSession) -> None:
-        assert self._accounting is not None and self._features is not None
-        cut = self.audio.interrupt()  # before any await: see AudioPath.interrupt
-        self._accounting.caller_started_speaking()
-        self._features.on_caller_activity()
-        if cut is not None:
-            self._accounting.barge_in()
-        await self.audio.clear()
-        await session.cancel_response()
-        if cut is None:
-            log.info("call.barge_in", truncated=False)
-            return
-        item_id, audio_end_ms = cut
-        self._features.record("barge_in", audio_end_ms=audio_end_ms)
-        # A truncate the server rejects comes back as a non-fatal error event; the call goes on.
-        await session.truncate(item_id, audio_end_ms)
-        log.info("call.barge_in", truncated=True, audio_end_ms=audio_end_ms)
