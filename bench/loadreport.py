@@ -85,10 +85,12 @@ def machine() -> dict[str, Any]:
 
 
 def log_summary(path: Path) -> dict[str, Any]:
-    """Counts of warning/error lines and of call end reasons in the gateway's JSON log."""
+    """Counts of warning/error lines and of call end reasons in the gateway's JSON log, and the
+    frames the calls' `call.ended` lines say took the fast path (gateway/fastws.py)."""
     levels: dict[str, int] = {}
     reasons: dict[str, int] = {}
     events: dict[str, int] = {}
+    fast = {"caller_frames": 0, "model_frames": 0}
     for line in path.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
@@ -101,7 +103,9 @@ def log_summary(path: Path) -> dict[str, Any]:
             events[entry.get("event", "?")] = events.get(entry.get("event", "?"), 0) + 1
         if entry.get("event") == "call.ended":
             reasons[entry.get("reason", "?")] = reasons.get(entry.get("reason", "?"), 0) + 1
-    return {"problems": levels, "problem_events": events, "call_end_reasons": reasons}
+            fast["caller_frames"] += int(entry.get("fast_caller_frames", 0))
+            fast["model_frames"] += int(entry.get("fast_model_frames", 0))
+    return {"problems": levels, "problem_events": events, "call_end_reasons": reasons, "fast_path": fast}
 
 
 def print_summary(result: dict[str, Any], out: Path) -> None:
@@ -134,6 +138,13 @@ def print_summary(result: dict[str, Any], out: Path) -> None:
         f"{fakes['carrier']['loop_lag_ms']['p99']} ms), model cpu {fakes['model']['cpu_percent']:.1f} % "
         f"(loop lag p99 {fakes['model']['loop_lag_ms']['p99']} ms)"
     )
+    fast = gw["log"]["fast_path"]
+    up, down = result["caller_to_model"]["frames_sent"], result["model_to_caller"]["frames_sent"]
+    if up and down:
+        print(
+            f"fast path: {100 * fast['caller_frames'] / up:.1f} % of caller frames, "
+            f"{100 * fast['model_frames'] / down:.1f} % of model deltas"
+        )
     if gw["log"]["problems"]:
         print(f"gateway log problems: {gw['log']['problem_events']}")
     print(f"result: {out}")

@@ -70,6 +70,9 @@ class TestLoadHarness:
         assert gateway["rss_mib_before"] > 0
         assert gateway["rss_mib_per_call"] is not None
         assert gateway["log"]["call_end_reasons"] == {"caller_hangup": CALLS}
+        fast = gateway["log"]["fast_path"]  # most frames are handled as they arrive (gateway.fastws)
+        assert fast["caller_frames"] > result["caller_to_model"]["frames_sent"] / 2
+        assert fast["model_frames"] > 0
         assert gateway["log"]["problems"] == {}, gateway["log"]["problem_events"]
         assert result["fakes"]["drained"] is True
         assert result["fakes"]["marks_echoed"] > 0
