@@ -162,10 +162,10 @@ class Call:
 
     async def read(self) -> None:
         """Record the gateway's audio as it arrives; queue its marks behind it for playback."""
-        tap = fastws.tap(self.ws, lambda text: self._fast_path(text, time.monotonic()), MAX_MESSAGE_BYTES)
+        fastws.tap(self.ws, lambda text: self._fast_path(text, time.monotonic()), MAX_MESSAGE_BYTES)
         try:
             while True:
-                message = await fastws.receive(self.ws, tap)
+                message = await self.ws.receive()
                 if message.type in SOCKET_DONE:
                     break
                 if message.type != aiohttp.WSMsgType.TEXT:
@@ -379,7 +379,9 @@ async def main_async(args: argparse.Namespace) -> None:
     # The default connector opens at most 100 connections at once: every call holds one for its socket.
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, ws_response_class=fastws.TappedClientWebSocketResponse
+    ) as http:
         carrier = FakeCarrier(args, http)
         summary = await carrier.run()
         out = Path(args.out)

@@ -231,7 +231,7 @@ class FakeModel:
         task.add_done_callback(self._tasks.discard)
 
     async def realtime(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
+        ws = fastws.TappedWebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
         await ws.prepare(request)
         conn = Connection(next(self._conn_ids), ws, self)
         self.conns[conn.id] = conn
@@ -242,10 +242,10 @@ class FakeModel:
         speaker = asyncio.create_task(conn.speak(), name=f"fake-model:{conn.id}:speak")
         # Appends are taken as they arrive (the gateway's own fast path, gateway/fastws.py): the fake
         # must stay far cheaper than what it measures. Anything else comes out of receive().
-        tap = fastws.tap(ws, conn.on_append)
+        fastws.tap(ws, conn.on_append)
         try:
             while True:
-                message = await fastws.receive(ws, tap)
+                message = await ws.receive()
                 if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                     break
                 if message.type == WSMsgType.TEXT:

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway import keys, outbound
+from gateway import fastws, keys, outbound
 from gateway.calls import CallRegistry
 from gateway.carriers import telnyx_routes, twilio_routes
 from gateway.config import GatewayConfig
@@ -63,7 +63,9 @@ def _http_session(
         # The default connector caps a session at 100 connections: model sockets of calls beyond the
         # 100th would silently queue while caller audio piles up.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, ws_response_class=fastws.TappedClientWebSocketResponse
+        ) as http:
             app[keys.HTTP] = http
             runtime = build_runtime(
                 config, hold_clips, http=http, registry=app[keys.CALLS], metrics=app[keys.METRICS]

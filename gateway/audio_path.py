@@ -91,6 +91,7 @@ class AudioPath:
         # Frames handled as they arrived (gateway.fastws): caller media in, model audio deltas in.
         self.fast_caller_frames = 0
         self.fast_model_frames = 0
+        self._slow_writes = 0  # frame lists being written through aiohttp's send_str just now
         self._cpu_up = _CpuSampler(metrics.transcode_cpu_seconds_total.labels("caller_to_model"))
         self._cpu_down = _CpuSampler(metrics.transcode_cpu_seconds_total.labels("model_to_caller"))
 
@@ -188,7 +189,7 @@ class AudioPath:
         """`model_audio` without waiting: None (nothing done) when the carrier socket cannot take
         frames now; otherwise what `model_audio` returns. Raises ProtocolError like it."""
         direct = self._direct
-        if direct is None or not direct.ready():
+        if direct is None or self._slow_writes or not direct.ready():
             return None
         frames = self._model_frames(event)
         self.fast_model_frames += 1
@@ -225,8 +226,14 @@ class AudioPath:
         if direct is not None and direct.ready():
             direct.write(frames)
             return
-        for frame in frames:
-            await self._ws.send_str(frame)
+        # While these wait for the peer, nothing is written directly: a delta arriving meanwhile
+        # would land between a media frame and its mark.
+        self._slow_writes += 1
+        try:
+            for frame in frames:
+                await self._ws.send_str(frame)
+        finally:
+            self._slow_writes -= 1
 
     async def send(self, item_id: str, payload_b64: str, nbytes: int, *, mark: bool = False) -> None:
         """Write carrier-format audio; a mark follows every MARK_EVERY_MS of it, or now if `mark`.

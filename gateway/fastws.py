@@ -15,16 +15,24 @@ good at (the handshake, control frames, closing, size limits, protocol errors) a
   coroutine. It declines (returns None from `ready`) when the socket is closing or its send buffer
   is past `WRITE_BUFFER_CAP`; callers then use aiohttp's `send_str`, which waits for the peer.
 
-Both rely on aiohttp internals (`ws._writer`, its `protocol` and `transport`, the protocol's
-`_payload_parser`). If an aiohttp release changes them, `tap`/`writer` return None and the call
-takes aiohttp's own path: slower, never wrong. tests/test_fastws.py fails loudly when that happens.
+A tap must see a socket's bytes from the first one on: put in front of a parser that already
+holds part of a frame, it would read payload bytes as frame headers from then on. So the tap is
+fitted when aiohttp creates the parser, before any byte reaches it, by the socket classes
+`TappedWebSocketResponse` (server) and `TappedClientWebSocketResponse` (client, via the
+ClientSession's `ws_response_class`), with no handler: it takes nothing until `tap()` gives it one.
+Their `receive()` keeps the tap's bookkeeping (`reading`, `pending`), whoever calls it.
+
+Both rely on aiohttp internals (`ws._parser` set just before the protocol's `set_parser`,
+`ws._writer`, its `protocol` and `transport`, the protocol's `_payload_parser`). If an aiohttp
+release changes them, `tap`/`writer` return None and the call takes aiohttp's own path: slower,
+never wrong. tests/test_fastws.py fails loudly when that happens.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -75,13 +83,14 @@ def _internals(ws: AnyWebSocket) -> tuple[Any, Any] | None:
 class FrameTap:
     """Replaces a socket's frame parser; offers text frames to `handler` (True: taken)."""
 
-    __slots__ = ("_buf", "_forward", "_fragmented", "_inner", "_limit", "_masked", "handler", "pending",
-                 "reading", "taken_fast")  # fmt: skip
+    __slots__ = ("_buf", "_forward", "_fragmented", "_inner", "_limit", "_masked", "closed", "handler",
+                 "pending", "reading", "taken_fast")  # fmt: skip
 
     def __init__(
-        self, inner: Any, masked: bool, handler: Callable[[str], bool], limit: int = FAST_FRAME_MAX
+        self, inner: Any, masked: bool, handler: Callable[[str], bool] | None, limit: int = FAST_FRAME_MAX
     ) -> None:
         self._inner = inner
+        self.closed = False  # the peer sent a close frame: nothing more is taken, whatever the handler
         self._limit = limit  # longest payload offered to the handler
         self._masked = masked  # frames from a client are masked (RFC 6455 §5.3), from a server not
         self._buf = b""
@@ -188,7 +197,8 @@ class FrameTap:
         opcode = b0 & 0x0F
         if opcode >= 0x8:  # control frames: the reader's receive() handles them
             if opcode == 0x8:
-                self.handler = None  # after a close nothing is taken: it all goes to aiohttp
+                self.closed = True  # after a close nothing is taken: it all goes to aiohttp
+                self.handler = None
             return
         if b0 & 0x80:  # FIN: the end of a data message
             self._fragmented = False
@@ -234,43 +244,78 @@ def _lighten_heartbeat(ws: AnyWebSocket, protocol: Any) -> None:
 
 
 def tap(ws: AnyWebSocket, handler: Callable[[str], bool], max_msg_size: int | None = None) -> FrameTap | None:
-    """Put a FrameTap in front of a started socket's parser; None when aiohttp's internals differ.
+    """Give the tap fitted to a Tapped* socket its handler; None when the socket has no tap (another
+    class, or aiohttp's internals differ) or the peer has closed it. Calling it again replaces the
+    handler.
 
     `max_msg_size` is the limit the socket was opened with (0: none). A server socket knows its
     own; a client socket does not keep it where it can be read, so the caller passes it, and a
     client socket without one is not tapped: a frame the tap takes never reaches aiohttp's size
     check, so the tap must know the limit to leave bigger frames to it.
     """
+    fitted = getattr(ws, "_fastws_tap", None)
     found = _internals(ws)
-    if found is None or _mask is None:
+    if not isinstance(fitted, FrameTap) or found is None or fitted.closed:
         return None
+    frame_tap = fitted
+    protocol, _ = found
+    if id(protocol._payload_parser) != id(frame_tap):  # (not `is`: mypy would narrow frame_tap to Any)
+        return None  # aiohttp feeds the socket's bytes to a parser of its own
     if max_msg_size is None:
         max_msg_size = getattr(ws, "_max_msg_size", None) if isinstance(ws, web.WebSocketResponse) else None
     if not isinstance(max_msg_size, int) or max_msg_size < 0:
         return None
     # aiohttp refuses a message of max_msg_size bytes or more (">=", "exceeds limit" notwithstanding).
-    limit = min(FAST_FRAME_MAX, max_msg_size - 1) if max_msg_size else FAST_FRAME_MAX
-    protocol, _ = found
-    inner = protocol._payload_parser
-    if inner is None or isinstance(inner, FrameTap) or not hasattr(inner, "feed_data"):
-        return None
-    frame_tap = FrameTap(inner, masked=isinstance(ws, web.WebSocketResponse), handler=handler, limit=limit)
-    protocol._payload_parser = frame_tap
+    frame_tap._limit = min(FAST_FRAME_MAX, max_msg_size - 1) if max_msg_size else FAST_FRAME_MAX
     _lighten_heartbeat(ws, protocol)
+    frame_tap.handler = handler
     return frame_tap
 
 
-async def receive(ws: AnyWebSocket, frame_tap: FrameTap | None) -> WSMessage:
-    """`ws.receive()`, telling the tap (if any) while the reader waits and what it took."""
-    if frame_tap is None:
-        return await ws.receive()
-    frame_tap.reading = True
-    try:
-        message = await ws.receive()
-    finally:
-        frame_tap.reading = False
-    frame_tap.taken(message.type)
-    return message
+class _TapFitter:
+    """Fits a FrameTap (with no handler) in front of the frame parser aiohttp gives the socket,
+    before the parser is handed to the protocol and fed; keeps the tap's bookkeeping in receive()."""
+
+    _fastws_tap: FrameTap | None = None
+
+    @property
+    def _parser(self) -> Any:
+        return self.__dict__.get("_fastws_parser")
+
+    @_parser.setter
+    def _parser(self, parser: Any) -> None:
+        fit = self._fastws_tap is None and _mask is not None and hasattr(parser, "feed_data")
+        if parser is not None and fit:
+            masked = isinstance(self, web.WebSocketResponse)  # frames from a client are masked
+            self._fastws_tap = parser = FrameTap(parser, masked=masked, handler=None)
+        self.__dict__["_fastws_parser"] = parser
+
+    async def _receive_tapped(self, receive: Awaitable[WSMessage]) -> WSMessage:
+        frame_tap = self._fastws_tap
+        if frame_tap is None:
+            return await receive
+        frame_tap.reading = True
+        try:
+            message = await receive
+        finally:
+            frame_tap.reading = False
+        frame_tap.taken(message.type)
+        return message
+
+
+class TappedWebSocketResponse(_TapFitter, web.WebSocketResponse):
+    """A server WebSocket whose frames can be handled as they arrive (see `tap`)."""
+
+    async def receive(self, timeout: float | None = None) -> WSMessage:  # noqa: ASYNC109 - aiohttp's signature
+        return await self._receive_tapped(super().receive(timeout))
+
+
+class TappedClientWebSocketResponse(_TapFitter, ClientWebSocketResponse):
+    """A client WebSocket whose frames can be handled as they arrive (see `tap`); give the class to
+    the ClientSession as `ws_response_class`."""
+
+    async def receive(self, timeout: float | None = None) -> WSMessage:  # noqa: ASYNC109 - aiohttp's signature
+        return await self._receive_tapped(super().receive(timeout))
 
 
 class DirectWriter:

@@ -8,16 +8,29 @@ delta after the first finds the gateway's reader idle and must be taken as it ar
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 from typing import Any
 
 import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
+from gateway import fastws
+from gateway.audio import ULAW_8K
+from gateway.audio_path import AudioPath
+from gateway.carriers.twilio import TwilioMediaCodec
+from gateway.engines.base import AudioDelta
+from gateway.metrics import GatewayMetrics
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_realtime import FakeRealtimeConnection
 from tests.fakes.signals import tone_ulaw
 
 DELTAS = 10
+BIG_BYTES = 24 * 1024 * 1024  # more than loopback's socket buffers hold
 DELTA_BYTES = 800  # 100 ms of µ-law
 
 
@@ -73,3 +86,56 @@ class TestFastPathInCalls:
         assert ended["reason"] == "caller_hangup"
         assert 25 <= ended["fast_caller_frames"] <= 50
         assert DELTAS - 1 <= ended["fast_model_frames"] <= DELTAS
+
+
+class TestSlowWrites:
+    async def test_no_direct_write_lands_inside_a_slow_write(
+        self, aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A media frame and its mark written through aiohttp (the peer is behind) are not split by a
+        delta handled on arrival meanwhile: that delta is declined and takes the ordinary path."""
+        results: dict[str, Any] = {}
+        ready = asyncio.Event()
+        finished = asyncio.Event()
+
+        async def handle(request: web.Request) -> web.WebSocketResponse:
+            ws = fastws.TappedWebSocketResponse()
+            await ws.prepare(request)
+            codec = TwilioMediaCodec("MZ" + "0" * 32)
+            audio = AudioPath(ws, codec, ULAW_8K, GatewayMetrics(CollectorRegistry()))
+            await ready.wait()  # the client has stopped reading
+            monkeypatch.setattr(fastws, "WRITE_BUFFER_CAP", 0)  # the peer is "behind": slow path
+            # More than loopback's socket buffers hold, so aiohttp waits for the peer mid-list.
+            big = base64.b64encode(b"\x7f" * BIG_BYTES).decode()
+            slow = asyncio.create_task(audio.send("item_1", big, BIG_BYTES, mark=True))
+            for _ in range(100):
+                if audio._slow_writes or slow.done():
+                    break
+                await asyncio.sleep(0)
+            results["waited"] = not slow.done()
+            monkeypatch.setattr(fastws, "WRITE_BUFFER_CAP", 1 << 30)  # direct writes would be allowed
+            results["now"] = audio.model_audio_now(AudioDelta("resp_1", "item_1", "f39/"))
+            results["resume"].resume_reading()
+            await slow
+            finished.set()
+            await ws.receive()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", handle)
+        client = await aiohttp_client(app)
+        ws = await client.ws_connect("/ws", max_msg_size=0)
+        transport = ws._writer.transport if ws._writer is not None else None
+        assert transport is not None
+        transport.pause_reading()
+        results["resume"] = transport
+        ready.set()
+        events = []
+        while len(events) < 2:
+            message = await ws.receive(timeout=10)
+            events.append(json.loads(message.data)["event"])
+        await asyncio.wait_for(finished.wait(), 10)
+        await ws.close()
+        assert results["waited"], "send_str did not wait for the peer: the test proves nothing"
+        assert results["now"] is None  # declined: it comes out of events() instead
+        assert events == ["media", "mark"]

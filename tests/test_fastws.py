@@ -12,7 +12,9 @@ where TCP splits a stream, and the parser and reader behind the protocol are sti
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -166,7 +168,7 @@ def accept_all(text: str) -> bool:
 
 
 class TappedReader:
-    """Reads a socket with fastws.receive; what the handler takes and what receive() returns go into
+    """Reads a tapped socket with receive(); what the handler takes and what receive() returns go into
     one ordered stream of events, so a test sees exactly the order the application would."""
 
     def __init__(self, accept: Callable[[str], bool]) -> None:
@@ -189,7 +191,7 @@ class TappedReader:
 
     async def run(self, ws: fastws.AnyWebSocket) -> None:
         while True:
-            message = await fastws.receive(ws, self.tap)
+            message = await ws.receive()
             self._record(message)
             if message.type in DONE:
                 return
@@ -257,8 +259,9 @@ Connect = Callable[..., Awaitable[Link]]
 async def connect(aiohttp_client: AiohttpClient) -> AsyncIterator[Connect]:
     """`await connect(tapped="server", accept=..., server={...}, client={...})` → a Link.
 
-    `server`/`client`: options of web.WebSocketResponse / ws_connect. A tapped client is tapped
-    with its `max_msg_size` (aiohttp's default unless given), as the gateway does.
+    `server`/`client`: options of web.WebSocketResponse / ws_connect. Both ends are tappable
+    (fastws.Tapped*) unless `plain`; the `tapped` end is given a handler (a client with its
+    `max_msg_size`, aiohttp's default unless given, as the gateway does) and read by the reader.
     """
     async with contextlib.AsyncExitStack() as stack:
 
@@ -268,13 +271,15 @@ async def connect(aiohttp_client: AiohttpClient) -> AsyncIterator[Connect]:
             *,
             server: dict[str, Any] | None = None,
             client: dict[str, Any] | None = None,
+            plain: bool = False,
         ) -> Link:
             reader = TappedReader(accept)
             started: asyncio.Future[web.WebSocketResponse] = asyncio.get_running_loop().create_future()
             stop = asyncio.Event()
 
             async def handle(request: web.Request) -> web.WebSocketResponse:
-                ws = web.WebSocketResponse(**(server or {}))
+                socket_class = web.WebSocketResponse if plain else fastws.TappedWebSocketResponse
+                ws = socket_class(**(server or {}))
                 await ws.prepare(request)
                 if tapped == "server":
                     reader.tap = fastws.tap(ws, reader.offer)
@@ -291,7 +296,12 @@ async def connect(aiohttp_client: AiohttpClient) -> AsyncIterator[Connect]:
             app.router.add_get("/ws", handle)
             # As production runs it: a handler is not cancelled when its connection is lost, so a
             # tapped server's reader sees how its socket ended.
-            test_client: TestClient[web.Request, None] = await aiohttp_client(GatewayTestServer(app))
+            session_options: dict[str, Any] = {}
+            if not plain:  # as the gateway's ClientSession: every ws_connect socket is tappable
+                session_options["ws_response_class"] = fastws.TappedClientWebSocketResponse
+            test_client: TestClient[web.Request, None] = await aiohttp_client(
+                GatewayTestServer(app), **session_options
+            )
             client_options = client or {}
             client_ws = await test_client.ws_connect("/ws", **client_options)
             async with asyncio.timeout(WAIT_S):
@@ -641,14 +651,27 @@ class TestTap:
         assert link.reader.tap is not None
         assert link.reader.tap.taken_fast == 3
 
-    async def test_tapping_twice_is_refused(self, connect: Connect, side: Side) -> None:
-        """A second tap() on a tapped socket returns None and leaves the first tap in place."""
+    async def test_tapping_again_replaces_the_handler(self, connect: Connect, side: Side) -> None:
+        """A second tap() gives the same tap a new handler (a new model session, say): frames go to
+        the new one, and the socket's parser is still that one tap."""
         link = await connect(side)
-        second = fastws.tap(link.tapped_ws, lambda text: True, DEFAULT_MAX_MSG_SIZE)
-        assert second is None
-        assert protocol_of(link.tapped_ws)._payload_parser is link.reader.tap
-        await link.peer.send_str("still mine")
-        assert await link.reader.taken() == "still mine"
+        moved: list[str] = []
+        second = fastws.tap(link.tapped_ws, lambda text: moved.append(text) is None, DEFAULT_MAX_MSG_SIZE)
+        assert second is link.reader.tap
+        assert protocol_of(link.tapped_ws)._payload_parser is second
+        await link.peer.send_str("to the new handler")
+        await link.peer.send_str("and after it")
+        await link.peer.close()
+        assert (await link.reader.message()).type is WSMsgType.CLOSE
+        assert moved == ["to the new handler", "and after it"]
+        assert link.reader.offered == []
+
+    async def test_no_handler_after_a_close(self, connect: Connect, side: Side) -> None:
+        """Once the peer's close frame has come, tap() gives no handler (returns None)."""
+        link = await connect(side)
+        await link.peer.close()
+        assert (await link.reader.message()).type is WSMsgType.CLOSE
+        assert fastws.tap(link.tapped_ws, accept_all, DEFAULT_MAX_MSG_SIZE) is None
 
 
 # -- tap() and writer() themselves -------------------------------------------------------------------
@@ -662,8 +685,23 @@ class TestTapAndWriterSetUp:
         assert fastws._mask is not None
         assert fastws.writer(link.server) is not None
         assert fastws.writer(link.client) is not None
-        assert isinstance(fastws.tap(link.server, accept_all), FrameTap)
-        assert isinstance(fastws.tap(link.client, accept_all, DEFAULT_MAX_MSG_SIZE), FrameTap)
+        # The tap was fitted when aiohttp made the parser: it is what the protocol feeds.
+        assert isinstance(link.server._fastws_tap, FrameTap)
+        assert isinstance(link.client._fastws_tap, FrameTap)
+        assert protocol_of(link.server)._payload_parser is link.server._fastws_tap
+        assert protocol_of(link.client)._payload_parser is link.client._fastws_tap
+        assert fastws.tap(link.server, accept_all) is link.server._fastws_tap
+        assert fastws.tap(link.client, accept_all, DEFAULT_MAX_MSG_SIZE) is link.client._fastws_tap
+
+    async def test_a_plain_socket_is_never_tapped(self, connect: Connect) -> None:
+        """aiohttp's own socket classes get no tap: tap() returns None and leaves the parser alone
+        (fitting one mid-stream could cut a frame in two). They still get a direct writer."""
+        link = await connect(plain=True)
+        parsers = protocol_of(link.server)._payload_parser, protocol_of(link.client)._payload_parser
+        assert fastws.tap(link.server, accept_all) is None
+        assert fastws.tap(link.client, accept_all, DEFAULT_MAX_MSG_SIZE) is None
+        assert (protocol_of(link.server)._payload_parser, protocol_of(link.client)._payload_parser) == parsers
+        assert fastws.writer(link.server) is not None
 
     async def test_an_unprepared_socket_is_neither_tapped_nor_written(self) -> None:
         """A socket not yet prepared has no writer or parser: tap() and writer() return None."""
@@ -692,14 +730,14 @@ class TestTapAndWriterSetUp:
         assert fastws.writer(plain.server) is not None
         assert fastws.writer(plain.client) is not None
 
-    async def test_receive_without_a_tap_is_ws_receive(self, connect: Connect) -> None:
-        """fastws.receive(ws, None) returns what ws.receive() would: text, binary, then the close."""
+    async def test_a_tappable_socket_without_a_handler_receives_as_usual(self, connect: Connect) -> None:
+        """With no handler, receive() returns what aiohttp's would: text, binary, then the close."""
         link = await connect()
         await link.client.send_str("text")
         await link.client.send_bytes(b"bytes")
         async with asyncio.TaskGroup() as group:  # the client's close waits for the server's reply
             group.create_task(link.client.close(code=4002, message=b"done"))
-            messages = [await fastws.receive(link.server, None) for _ in range(3)]
+            messages = [await link.server.receive() for _ in range(3)]
         assert [(m.type, m.data, m.extra) for m in messages] == [
             (WSMsgType.TEXT, "text", ""),
             (WSMsgType.BINARY, b"bytes", ""),
@@ -1057,3 +1095,105 @@ class TestFrameTapFeed:
         b = bench(masked)
         b.tap.feed_eof()
         assert b.parser.eof
+
+
+# -- fitted from the first byte --------------------------------------------------------------------
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+HANDSHAKE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+BIG = text_of(3000, "session.created")
+
+
+def accept_key(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()  # noqa: S324 - RFC 6455
+
+
+def deltas_only(text: str) -> bool:
+    return text.startswith("delta")
+
+
+class TestFittedFromTheFirstByte:
+    """Bytes that come with the handshake (the first frame of a model that speaks at once, cut
+    anywhere by TCP) reach the parser before any code of ours runs: a tap fitted later would start
+    reading in the middle of that frame. These send the handshake and part of a frame in one write."""
+
+    @pytest.mark.parametrize("cut", [1, 2, 4, 5, 100, 2999])
+    async def test_a_frame_cut_in_the_handshake_reply_reaches_a_client_intact(self, cut: int) -> None:
+        first = frame(BIG.encode())
+        rest = [frame(b"delta one"), frame(b'{"type":"response.done"}'), frame(b"delta two")]
+        sent_rest = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = (await reader.readuntil(b"\r\n\r\n")).decode()
+            [key] = [line.split(":", 1)[1].strip() for line in request.split("\r\n") if ":" in line and
+                     line.split(":", 1)[0].lower() == "sec-websocket-key"]  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
+                + first[: cut + 4]  # the 4-byte header (16-bit length) and `cut` payload bytes
+            )
+            await writer.drain()
+            await sent_rest.wait()
+            writer.write(first[cut + 4 :] + b"".join(rest))
+            await writer.drain()
+            await reader.read()  # until the client closes
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with (
+            server,
+            aiohttp.ClientSession(ws_response_class=fastws.TappedClientWebSocketResponse) as http,
+        ):
+            ws = await http.ws_connect(f"http://127.0.0.1:{port}/")
+            taken: list[str] = []
+            assert fastws.tap(ws, lambda text: deltas_only(text) and taken.append(text) is None, 1 << 20)
+            sent_rest.set()
+            received: list[Any] = []
+            while len(received) + len(taken) < 4:
+                received.append((await ws.receive(timeout=WAIT_S)).data)
+        # The frame cut in two arrives whole and first; the rest in order, the deltas taken or not.
+        assert received[:1] == [BIG]
+        assert [text for text in received if text != BIG] + taken in (
+            ['{"type":"response.done"}', "delta one", "delta two"],
+            ["delta one", '{"type":"response.done"}', "delta two"],
+            ['{"type":"response.done"}', "delta two", "delta one"],
+        )
+        assert received.index('{"type":"response.done"}') < len(received)  # never taken
+
+    @pytest.mark.parametrize("cut", [1, 2, 8, 9, 100, 2999])
+    async def test_a_frame_sent_with_the_upgrade_request_reaches_a_server_intact(self, cut: int) -> None:
+        first = frame(BIG.encode(), mask=MASK_KEY)
+        rest = [frame(b"delta one", mask=MASK_KEY), frame(b"delta two", mask=MASK_KEY)]
+        taken: list[str] = []
+        received: list[WSMessage] = []
+        done = asyncio.Event()
+
+        async def handle(request: web.Request) -> web.WebSocketResponse:
+            ws = fastws.TappedWebSocketResponse()
+            await ws.prepare(request)
+            assert fastws.tap(ws, lambda text: deltas_only(text) and taken.append(text) is None)
+            while len(received) + len(taken) < 3:
+                received.append(await ws.receive(timeout=WAIT_S))
+            done.set()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", handle)
+        async with GatewayTestServer(app) as test_server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", test_server.port)
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Key: {HANDSHAKE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                + first[:cut]
+            )
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # the 101
+            writer.write(first[cut:] + b"".join(rest))
+            await writer.drain()
+            async with asyncio.timeout(WAIT_S):
+                await done.wait()
+            writer.close()
+        assert [(m.type, m.data) for m in received[:1]] == [(WSMsgType.TEXT, BIG)]
+        texts = [m.data for m in received[1:]] + taken
+        assert sorted(texts) == ["delta one", "delta two"]

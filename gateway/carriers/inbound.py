@@ -39,7 +39,7 @@ def media_socket_response(limits: LimitsConfig) -> web.WebSocketResponse:
     requires a pong; Twilio and Telnyx do not document otherwise). The idle timeout is not aiohttp's
     `receive_timeout`, which every pong restarts: InboundFrames keeps it from the last real frame.
     """
-    return web.WebSocketResponse(
+    return fastws.TappedWebSocketResponse(
         max_msg_size=limits.max_message_bytes,
         heartbeat=limits.heartbeat_s,
         # permessage-deflate is declined (RFC 7692 lets a server): frames are a few hundred bytes, and
@@ -154,7 +154,7 @@ class InboundFrames:
         if self._watchdog is None:
             self._watchdog = loop.call_at(self._last_frame_at + self._idle_timeout_s, self._check_idle)
         try:
-            message = await fastws.receive(self._ws, self.tap)
+            message = await self._ws.receive()
         except asyncio.CancelledError:
             if self._expired and task is not None:
                 self._expired = False

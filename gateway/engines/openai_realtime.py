@@ -226,10 +226,7 @@ class OpenAIRealtimeSession:
             event = fast_audio_delta(text)
             return event is not None and take(event)
 
-        if self._tap is None:
-            self._tap = fastws.tap(self._ws, offer, MODEL_MAX_MESSAGE_BYTES)
-        else:
-            self._tap.handler = offer
+        self._tap = fastws.tap(self._ws, offer, MODEL_MAX_MESSAGE_BYTES)
         return self._tap is not None
 
     async def cancel_response(self) -> None:
@@ -250,7 +247,7 @@ class OpenAIRealtimeSession:
 
     async def events(self) -> AsyncIterator[EngineEvent]:
         while True:
-            message = await fastws.receive(self._ws, self._tap)
+            message = await self._ws.receive()
             if message.type in _SOCKET_DONE:
                 break
             event: EngineEvent | None = None
