@@ -25,7 +25,7 @@ Their `receive()` keeps the tap's bookkeeping (`reading`, `pending`), whoever ca
 Both rely on aiohttp internals (`ws._parser` set just before the protocol's `set_parser`,
 `ws._writer`, its `protocol` and `transport`, the protocol's `_payload_parser`). If an aiohttp
 release changes them, `tap`/`writer` return None and the call takes aiohttp's own path: slower,
-never wrong. tests/test_fastws.py fails loudly when that happens.
+never wrong. tests/test_fastws_setup.py fails loudly when that happens.
 """
 
 from __future__ import annotations
