@@ -99,7 +99,7 @@ class FrameTap:
         self.handler: Callable[[str], bool] | None = handler
         self.reading = False  # the socket's reader waits in receive(): nothing of ours is in flight
         self.pending = 0  # data messages handed to aiohttp that the reader has not taken yet
-        self.taken_fast = 0  # frames the handler took (tests and benchmarks read it)
+        self.taken_fast = 0  # frames the handler took (tests read it)
 
     def taken(self, message_type: WSMsgType) -> None:
         """The reader got a message from aiohttp's queue."""

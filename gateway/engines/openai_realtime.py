@@ -159,7 +159,6 @@ class OpenAIRealtimeSession:
         # Appends are the hot path: only the payload changes, so the rest is serialised once.
         self._append_prefix = '{"type":"input_audio_buffer.append","audio":"'
         self._direct = fastws.writer(ws)
-        self._tap: fastws.FrameTap | None = None
 
     async def _send_text(self, text: str) -> None:
         # A closing socket is reported once, by events() ending; sends to it are dropped, never queued.
@@ -226,8 +225,7 @@ class OpenAIRealtimeSession:
             event = fast_audio_delta(text)
             return event is not None and take(event)
 
-        self._tap = fastws.tap(self._ws, offer, MODEL_MAX_MESSAGE_BYTES)
-        return self._tap is not None
+        return fastws.tap(self._ws, offer, MODEL_MAX_MESSAGE_BYTES) is not None
 
     async def cancel_response(self) -> None:
         # response.cancel with nothing in flight only earns an error event, so send it only when needed.
